@@ -1,0 +1,165 @@
+"""The configuration schema: every key an experiment may set, with its default.
+
+Experiment files (``experiments/*.py``) start from :func:`default_config` and change what they need.
+:func:`validate` rejects keys the schema does not know (typos in experiment files or in
+``--config.a.b=v`` overrides) with the closest valid names, so a misspelt key never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, with a message that says how to fix it."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """All keys with their defaults (the embedded digits experiment runs with these)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    # digit_pairs (embedded) | caltech_birds2011 | cars196 | stanford_online_products | inshop
+    c.data.name = "digit_pairs"
+    c.data.data_dir = config_dict.placeholder(str)  # TFDS data dir; None = TFDS default (~/tensorflow_datasets)
+    c.data.image_size = 224  # train crop and eval centre crop (227 for BN-Inception)
+    c.data.resize_size = 256  # eval: shorter side resized to this, then centre-cropped
+    c.data.crop_area = (0.16, 1.0)  # random-resized crop: fraction of the image area
+    c.data.crop_aspect = (3 / 4, 4 / 3)  # random-resized crop: aspect-ratio range
+    c.data.flip = True  # random horizontal flip in training
+    c.data.samples_per_class = 4  # M-per-class sampler: images per class in a batch
+    c.data.val_fraction = 0.0  # last fraction of the training classes held out for model selection
+    c.data.num_workers = 0  # grain worker processes for decoding/augmenting (0 = in the main process)
+    c.data.skip_corrupt = False  # undecodable images: error (False) or replace/skip and count (True)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.backbone = "small_cnn"  # see jaxdml.models.BACKBONES
+    c.model.width = 32  # small_cnn: channels of the first stage
+    c.model.embedding_dim = 128
+    c.model.pooling = "gap"  # gap | gmp | gap+gmp
+    c.model.freeze_bn = False  # backbone BatchNorm uses (and keeps) its running statistics
+    c.model.compute_dtype = "float32"  # float32 | bfloat16 (parameters stay float32)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "contrastive"  # see jaxdml.losses.LOSSES
+    c.loss.kwargs = ml_collections.ConfigDict()  # hyper-parameters of the named loss
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adam"  # adam | adamw | sgd | rmsprop
+    c.optim.lr = 1e-3
+    c.optim.weight_decay = 0.0  # decoupled for adamw; L2 added to gradients otherwise; never on BN/biases
+    c.optim.momentum = 0.9  # sgd / rmsprop
+    c.optim.nesterov = False  # sgd
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.schedule = "constant"  # constant | cosine | step
+    c.optim.warmup_steps = 0
+    c.optim.step_boundaries = ()  # step schedule: steps where lr is multiplied by step_factor
+    c.optim.step_factor = 0.1
+    c.optim.grad_clip_norm = 0.0  # 0 = no clipping
+    c.optim.lr_mult = ml_collections.ConfigDict(dict(backbone=1.0, head=1.0, loss=1.0))
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 32  # global batch; classes per batch = batch_size // data.samples_per_class
+    c.train.num_steps = 1000
+    c.train.log_every = 50
+    c.train.eval_every = 250
+    c.train.checkpoint_every = 250
+    c.train.keep_checkpoints = 2  # latest N kept, plus the best by eval.selection_metric
+    c.train.progress_bar = True
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 256
+    c.eval.ks = (1, 2, 4, 8)  # Recall@K values
+    c.eval.selection_metric = "map_at_r"  # metric that picks the best checkpoint
+    c.eval.clustering = True  # NMI / AMI (k-means on the query embeddings)
+    c.eval.at_start = True  # evaluate the untrained network too
+    return c
+
+
+def _flatten(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict) and not path.endswith(".kwargs") and key != "kwargs":
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _suggest(key: str, valid: Iterable[str]) -> str:
+    valid = list(valid)
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    if not close:  # the right name in the wrong section, e.g. 'data.batch_size' for 'train.batch_size'
+        leaf = key.rsplit(".", 1)[-1]
+        close = [v for v in valid if v.rsplit(".", 1)[-1] == leaf][:3]
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def unknown_keys(cfg: ml_collections.ConfigDict) -> list[str]:
+    """Dotted keys of ``cfg`` that the schema of :func:`default_config` does not define."""
+    valid = _flatten(default_config())
+    return [k for k in _flatten(cfg) if k not in valid]
+
+
+def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Raises :class:`ConfigError` for unknown keys or inconsistent values; returns ``cfg``."""
+    valid = _flatten(default_config())
+    bad = unknown_keys(cfg)
+    if bad:
+        msgs = [f"unknown config key '{k}'.{_suggest(k, valid)}" for k in bad]
+        raise ConfigError("; ".join(msgs) + " Valid keys are listed in jaxdml/config.py (default_config).")
+    if cfg.train.batch_size % cfg.data.samples_per_class:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} is not a multiple of "
+            f"data.samples_per_class={cfg.data.samples_per_class}; choose e.g. "
+            f"train.batch_size={cfg.train.batch_size // cfg.data.samples_per_class * cfg.data.samples_per_class}.")
+    if cfg.model.compute_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.compute_dtype={cfg.model.compute_dtype!r}: use 'float32' or 'bfloat16'.")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in [0, 1).")
+    return cfg
+
+
+def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
+    """Imports an experiment file and returns its ``get_config()`` (an optional ``:arg`` suffix is passed on)."""
+    path_str, _, arg = str(path).partition(":")
+    file = Path(path_str)
+    if not file.is_file():
+        raise ConfigError(f"config file {file} does not exist; experiment files live in experiments/*.py.")
+    spec = importlib.util.spec_from_file_location(f"jaxdml_experiment_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{file} defines no get_config() function.")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def check_overrides(cfg: ml_collections.ConfigDict, argv: Sequence[str], flag: str = "config") -> None:
+    """Raises :class:`ConfigError` naming each ``--config.a.b=v`` flag whose key ``cfg`` lacks."""
+    valid = _flatten(cfg)
+    prefix = f"--{flag}."
+    for arg in argv:
+        if not arg.startswith(prefix):
+            continue
+        key = arg[len(prefix):].split("=", 1)[0]
+        if not _exists(cfg, key):
+            raise ConfigError(f"unknown config key '{key}' in {arg.split('=', 1)[0]}.{_suggest(key, valid)}")
+
+
+def _exists(cfg: ml_collections.ConfigDict, dotted: str) -> bool:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    return True

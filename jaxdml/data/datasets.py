@@ -1,0 +1,35 @@
+"""From ``config.data`` to the sources a run needs: train, optional validation, query and reference."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from jaxdml.data.sources import Source, split_validation_classes
+
+EMBEDDED = ("digit_pairs",)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSplits:
+    train: Source
+    val: Source | None  # class-disjoint held-out training classes (model selection), if any
+    query: Source  # the test set (In-Shop: its query set)
+    reference: Source | None  # None: the query set is its own reference (self-matches excluded)
+
+
+def load_data(cfg: ml_collections.ConfigDict) -> DataSplits:
+    """The splits of ``cfg.name`` (``cfg`` is the ``data`` section of a config)."""
+    if cfg.name == "digit_pairs":
+        from jaxdml.data.digits import load_digit_pairs
+
+        train, query = load_digit_pairs()
+        reference = None
+    else:
+        from jaxdml.data.tfds_sources import load_dataset
+
+        splits = load_dataset(cfg.name, cfg.data_dir)
+        train, query, reference = splits.train, splits.query, splits.reference
+    train, val = split_validation_classes(train, cfg.val_fraction)
+    return DataSplits(train, val, query, reference)

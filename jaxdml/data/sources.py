@@ -1,0 +1,113 @@
+"""Random-access, class-labelled image sets: the one interface the pipeline reads.
+
+A *source* has ``labels`` (int32, contiguous class ids ``0..num_classes-1``), ``__len__`` and
+``image(i)`` returning an ``uint8`` array ``(H, W, 3)``. The embedded digits set is an
+:class:`ArraySource`; real datasets (``jaxdml.data.tfds_sources``) wrap ``tfds.data_source``. Class
+re-splits and validation folds are :class:`SubsetSource` views, so no image is copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+
+class DatasetNotPreparedError(RuntimeError):
+    """A real dataset has not been prepared; the message gives the command that prepares it."""
+
+
+class CorruptRecordError(RuntimeError):
+    """An image record cannot be decoded; the message names the record."""
+
+
+class Source(Protocol):
+    name: str
+    labels: np.ndarray  # (N,) int32 in 0..num_classes-1
+
+    def __len__(self) -> int: ...
+
+    def image(self, index: int) -> np.ndarray: ...
+
+
+def num_classes(source: Source) -> int:
+    return int(source.labels.max()) + 1 if len(source.labels) else 0
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1) or (H, W, 3) -> (H, W, 3) uint8."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"images must be uint8, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+    return image
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+    """Images held in memory: ``images`` (N, H, W, C) uint8 and ``labels`` (N,)."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int) -> np.ndarray:
+        return as_rgb_uint8(self.images[index])
+
+
+@dataclasses.dataclass(frozen=True)
+class SubsetSource:
+    """The records ``indices`` of ``parent``, with their labels remapped to ``0..C-1`` (in sorted order)."""
+
+    name: str
+    parent: Source
+    indices: np.ndarray
+    labels: np.ndarray = dataclasses.field(init=False)
+    original_labels: np.ndarray = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        indices = np.asarray(self.indices, dtype=np.int64)
+        original = np.asarray(self.parent.labels)[indices]
+        _, remapped = np.unique(original, return_inverse=True)
+        object.__setattr__(self, "indices", indices)
+        object.__setattr__(self, "original_labels", original)
+        object.__setattr__(self, "labels", remapped.astype(np.int32))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def image(self, index: int) -> np.ndarray:
+        return self.parent.image(int(self.indices[index]))
+
+
+def select_classes(source: Source, classes: Sequence[int] | np.ndarray, name: str) -> SubsetSource:
+    """The records of ``source`` whose label is in ``classes``."""
+    keep = np.isin(source.labels, np.asarray(classes))
+    return SubsetSource(name, source, np.flatnonzero(keep))
+
+
+def split_validation_classes(source: Source, fraction: float) -> tuple[Source, Source | None]:
+    """Holds out the last ``fraction`` of the classes (class-disjoint) for model selection."""
+    if fraction <= 0:
+        return source, None
+    classes = np.unique(source.labels)
+    num_val = max(1, round(fraction * len(classes)))
+    if num_val >= len(classes):
+        raise ValueError(f"{source.name}: val_fraction={fraction} leaves no training classes")
+    train = select_classes(source, classes[:-num_val], f"{source.name}[train-classes]")
+    val = select_classes(source, classes[-num_val:], f"{source.name}[val-classes]")
+    return train, val

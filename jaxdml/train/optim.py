@@ -1,0 +1,92 @@
+"""The optimiser: optax with parameter groups, LR multipliers and weight decay only where it belongs.
+
+Parameters are grouped by their top-level key (``backbone``, ``head``, ``loss``); each group's learning
+rate is the schedule times ``optim.lr_mult.<group>``. Weight decay never touches BatchNorm parameters or
+biases (any parameter with fewer than two dimensions). With ``model.freeze_bn`` the backbone's BatchNorm
+scale and offset are frozen along with its running statistics (as the original TF framework and the
+Proxy-Anchor code do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+    """Base schedule (before group multipliers): linear warm-up, then constant / cosine / step decay."""
+    if cfg.schedule == "constant":
+        decay = optax.constant_schedule(cfg.lr)
+    elif cfg.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(cfg.lr, max(1, num_steps - cfg.warmup_steps))
+    elif cfg.schedule == "step":
+        boundaries = {int(b) - cfg.warmup_steps: cfg.step_factor for b in cfg.step_boundaries}
+        decay = optax.piecewise_constant_schedule(cfg.lr, boundaries)
+    else:
+        raise ValueError(f"optim.schedule={cfg.schedule!r}: use 'constant', 'cosine' or 'step'")
+    if cfg.warmup_steps <= 0:
+        return decay
+    warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+    return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+
+
+def _base_optimizer(cfg: ml_collections.ConfigDict, lr: optax.Schedule,
+                    decay_mask: Any) -> optax.GradientTransformation:
+    if cfg.name == "adamw":
+        return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
+    if cfg.name == "adam":
+        base = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
+    elif cfg.name == "sgd":
+        base = optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+    elif cfg.name == "rmsprop":
+        base = optax.rmsprop(lr, momentum=cfg.momentum)
+    else:
+        raise ValueError(f"optim.name={cfg.name!r}: use 'adam', 'adamw', 'sgd' or 'rmsprop'")
+    if cfg.weight_decay:  # L2 added to the gradient, as torch's weight_decay for these optimisers
+        return optax.chain(optax.add_decayed_weights(cfg.weight_decay, decay_mask), base)
+    return base
+
+
+def batchnorm_param_mask(params: Mapping[str, Any], batch_stats: Mapping[str, Any]) -> Any:
+    """True for parameters of BatchNorm layers: the layers that own an entry in ``batch_stats``."""
+
+    def mark(p: Any, stats: Any) -> Any:
+        if not isinstance(p, Mapping):
+            return False
+        is_bn = isinstance(stats, Mapping) and "mean" in stats and "var" in stats
+        return {k: (jax.tree.map(lambda _: True, v) if is_bn else
+                    mark(v, stats.get(k) if isinstance(stats, Mapping) else None)) for k, v in p.items()}
+
+    return mark(params, batch_stats)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, params: Mapping[str, Any],
+                   batch_stats: Mapping[str, Any], freeze_bn: bool = False) -> optax.GradientTransformation:
+    """The optax transformation for ``params`` (a dict keyed by parameter group)."""
+    schedule = learning_rate_schedule(cfg, num_steps)
+    decay_mask = jax.tree.map(lambda p: p.ndim > 1, params)
+    is_bn = batchnorm_param_mask(params, batch_stats)
+    groups = list(params)
+    unknown = [g for g in groups if g not in cfg.lr_mult]
+    if unknown:
+        raise ValueError(f"parameter groups {unknown} have no optim.lr_mult entry")
+
+    def label(group: str, bn: Any) -> Any:
+        if freeze_bn and group == "backbone":
+            return jax.tree.map(lambda b: "frozen" if b else group, bn)
+        return jax.tree.map(lambda _: group, bn)
+
+    labels = {g: label(g, is_bn[g]) for g in groups}
+    # multi_transform hands each transform the whole tree (other groups masked), so masks are whole-tree.
+    transforms = {g: _base_optimizer(cfg, lambda step, m=cfg.lr_mult[g]: schedule(step) * m, decay_mask)
+                  for g in groups}
+    transforms["frozen"] = optax.set_to_zero()
+    chain = [optax.multi_transform(transforms, labels)]
+    if cfg.grad_clip_norm > 0:
+        chain.insert(0, optax.clip_by_global_norm(cfg.grad_clip_norm))
+    return optax.chain(*chain)
+
