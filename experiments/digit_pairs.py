@@ -1,13 +1,15 @@
-"""Embedded default: contrastive loss on scikit-learn's handwritten digits, tested on unseen digits.
+"""Embedded default: contrastive loss on two-digit numbers written with scikit-learn's handwritten digits.
 
-Trains a small CNN (128-d embeddings, GAP) on digits 0-4 with M-per-class batches (5 classes x 8) and
-evaluates retrieval on the held-out digits 5-9, before and after training. No download needed.
+A small CNN (64-d embeddings, GAP) learns on 50 of the numbers 00-99 with M-per-class batches (16 classes x
+4 images, 32x32) and is evaluated on the other 50 numbers, written with handwriting it never saw
+(jaxdml/data/digits.py). Retrieval metrics are printed before and after training. No download needed.
 
-    python -m jaxdml.main --config experiments/digits.py --workdir runs/digits
+    python -m jaxdml.main --config experiments/digit_pairs.py --workdir runs/digit_pairs
 
-Expected on 2 CPU cores: about TODO minutes. Held-out digits 5-9 (TODO):
-    untrained  P@1 TODO  MAP@R TODO
-    trained    P@1 TODO  MAP@R TODO
+Expected on 2 CPU cores: 1 min 45 s (400 steps, about 285 images/s). Held-out numbers (1,500 images,
+50 classes), seed 0:
+    untrained   P@1 32.87  MAP@R  5.46  R-precision 13.32
+    trained     P@1 99.33  MAP@R 93.17  R-precision 94.03
 """
 
 from jaxdml.config import default_config

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxdml.data import pipeline
-from jaxdml.data.digits import load_digits_splits
+from jaxdml.data.digits import load_digit_pairs, load_digits_source, split_numbers
 from jaxdml.data.sampler import MPerClassSampler
 from jaxdml.data.sources import ArraySource, CorruptRecordError
 
@@ -17,16 +17,26 @@ def make_train_batches(source, **kwargs):
                                  crop_aspect=(0.75, 1.33), flip=True, **kwargs)
 
 
-def test_digits_are_a_class_disjoint_real_set():
-    train, test = load_digits_splits()
-    assert len(train) + len(test) == 1797
-    assert set(train.original_labels) == {0, 1, 2, 3, 4} and set(test.original_labels) == {5, 6, 7, 8, 9}
-    assert train.image(0).shape == (8, 8, 3) and train.image(0).dtype == np.uint8
-    assert int(train.image(0).max()) > 200
+def test_digit_pairs_are_class_disjoint_and_share_no_handwriting():
+    train, test = load_digit_pairs()
+    train_numbers, test_numbers = split_numbers()
+    assert len(train_numbers) == len(test_numbers) == 50 and not set(train_numbers) & set(test_numbers)
+    assert len(train) == len(test) == 50 * 30 and train.labels.max() == 49
+    image = train.image(0)
+    assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and int(image.max()) > 200
+    # Train number 0's images show its two digits; no 8x8 digit image is used on both sides.
+    tens = int(train_numbers[0]) // 10
+    digits = load_digits_source()
+    tiles = {bytes(t) for t in digits.images[digits.labels == tens]}
+    assert bytes(np.ascontiguousarray(train.images[0, 4:12, 0:8])) in tiles
+    def all_tiles(source):
+        return {bytes(np.ascontiguousarray(x[4:12, c:c + 8])) for x in source.images for c in (0, 8)}
+    assert not all_tiles(train) & all_tiles(test)
+    assert all_tiles(train) and all_tiles(test)
 
 
 def test_batches_are_deterministic_and_resumable():
-    train, _ = load_digits_splits()
+    train, _ = load_digit_pairs()
     make = make_train_batches(train)
     full = list(pipeline.iterate(make, 0, 6))
     resumed = list(pipeline.iterate(make, 3, 6))
@@ -38,7 +48,7 @@ def test_batches_are_deterministic_and_resumable():
 
 
 def test_worker_processes_give_the_same_batches():
-    train, _ = load_digits_splits()
+    train, _ = load_digit_pairs()
     make = make_train_batches(train)
     inline = list(pipeline.iterate(make, 0, 4))
     parallel = list(pipeline.iterate(make, 0, 4, num_workers=2))

@@ -1,7 +1,9 @@
 """Random-access, class-labelled image sets: the one interface the pipeline reads.
 
-A *source* has ``labels`` (int32, contiguous class ids ``0..num_classes-1``), ``__len__`` and
-``image(i)`` returning an ``uint8`` array ``(H, W, 3)``. The embedded digits set is an
+A *source* has ``labels`` (int32 class ids), ``__len__`` and
+``image(i)`` returning an ``uint8`` array ``(H, W, 3)``. Training sources have contiguous ids
+``0..num_classes-1`` (the sampler needs them); the query and reference of one dataset share one mapping,
+so a query set's ids may skip classes that only its reference set has. The embedded digits set is an
 :class:`ArraySource`; real datasets (``jaxdml.data.tfds_sources``) wrap ``tfds.data_source``. Class
 re-splits and validation folds are :class:`SubsetSource` views, so no image is copied.
 """
@@ -25,7 +27,7 @@ class CorruptRecordError(RuntimeError):
 
 class Source(Protocol):
     name: str
-    labels: np.ndarray  # (N,) int32 in 0..num_classes-1
+    labels: np.ndarray  # (N,) int32 class ids
 
     def __len__(self) -> int: ...
 

@@ -1,0 +1,1 @@
+"""Data: the embedded digit-pairs set, TFDS sources, the M-per-class sampler and the grain pipeline."""
