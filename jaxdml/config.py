@@ -27,7 +27,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    # digit_pairs (embedded) | caltech_birds2011 | cars196 | stanford_online_products | inshop
+    # digit_pairs | digit_collage (embedded) | caltech_birds2011 | cars196 | stanford_online_products | inshop
     c.data.name = "digit_pairs"
     c.data.data_dir = config_dict.placeholder(str)  # TFDS data dir; None = TFDS default (~/tensorflow_datasets)
     c.data.image_size = 224  # train crop and eval centre crop (227 for BN-Inception)
@@ -44,13 +44,29 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.backbone = "small_cnn"  # see jaxdml.models.BACKBONES
     c.model.width = 32  # small_cnn: channels of the first stage
     c.model.embedding_dim = 128
-    c.model.pooling = "gap"  # gap | gmp | gap+gmp
+    c.model.pooling = "gap"  # gap | gmp | gap+gmp | gsp
+    c.model.gsp = ml_collections.ConfigDict()  # Generalized Sum Pooling head (model.pooling = "gsp")
+    c.model.gsp.num_prototypes = 64  # K: 64 for CUB/Cars, 128 for SOP/In-Shop
+    c.model.gsp.transport_ratio = 0.3  # mu; 1.0 is exactly GAP
+    c.model.gsp.gamma = 5.0  # entropy weight (inverse temperature); the PyTorch release used 0.1
+    c.model.gsp.method = "newton"  # newton | fixed_point | ott (see kernels.gsp_transport)
+    c.model.gsp.memory_size = 1024  # prototypes by greedy k-center over this many GAP embeddings (GAP until full)
+    c.model.gsp.prototypes_file = config_dict.placeholder(str)  # .npy (K, embedding_dim): use these instead
+    c.model.gsp.augment_max_pool = False  # add the global max pool of the projected features
+    c.model.gsp.gem = False  # GeM (learnable p, init 3) over the GSP-weighted features instead of their sum
     c.model.freeze_bn = False  # backbone BatchNorm uses (and keeps) its running statistics
     c.model.compute_dtype = "float32"  # float32 | bfloat16 (parameters stay float32)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "contrastive"  # see jaxdml.losses.LOSSES
     c.loss.kwargs = ml_collections.ConfigDict()  # hyper-parameters of the named loss
+    c.loss.xbm = ml_collections.ConfigDict()  # cross-batch memory around the loss
+    c.loss.xbm.batches = 0  # memory size in batches (0 = off); GSP recipe: 25 CUB/Cars, 400 In-Shop, 1400 SOP
+    c.loss.xbm.start_step = 1000
+    c.loss.zsr = ml_collections.ConfigDict()  # GSP's zero-shot loss: total = (1 - weight) L + weight L_zsr
+    c.loss.zsr.weight = 0.0  # 0.1 in the GSP recipe; needs model.pooling = "gsp"
+    c.loss.zsr.ridge = 0.05
+    c.loss.zsr.scale = 9.5
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adam"  # adam | adamw | sgd | rmsprop
@@ -142,6 +158,15 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{file} defines no get_config() function.")
     return module.get_config(arg) if arg else module.get_config()
+
+
+def load_sibling(file: str | Path, name: str):
+    """Imports the module ``name``.py next to ``file`` (experiment files share recipes this way)."""
+    path = Path(file).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"jaxdml_experiment_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def check_overrides(cfg: ml_collections.ConfigDict, argv: Sequence[str], flag: str = "config") -> None:

@@ -15,11 +15,11 @@ from train_helpers import tiny_config
 from jaxdml.data import pipeline
 from jaxdml.data.datasets import load_data
 from jaxdml.data.sampler import MPerClassSampler
-from jaxdml.losses import make_loss
+from jaxdml.losses import make_loss, make_objective
 from jaxdml.models import build_model
 from jaxdml.train.loop import create_mesh
 from jaxdml.train.optim import make_optimizer
-from jaxdml.train.step import init_state, make_train_step
+from jaxdml.train.step import init_state, init_variables, make_train_step
 
 
 def main(out: str) -> None:
@@ -32,14 +32,15 @@ def main(out: str) -> None:
     model = build_model(cfg.model)
     sample = jnp.zeros((1, 16, 16, 3), jnp.uint8)
     rng = jax.random.key(0)
-    variables = jax.eval_shape(lambda: model.init(rng, sample))
-    tx = make_optimizer(cfg.optim, 10, variables["params"], variables["batch_stats"])
+    objective = make_objective(cfg.loss, make_loss("contrastive"), num_classes=50, embedding_dim=16, batch_size=32)
+    params, model_state, _ = jax.eval_shape(lambda: init_variables(model, objective, rng, sample))
+    tx = make_optimizer(cfg.optim, 10, params, model_state["batch_stats"])
     mesh = create_mesh()
     replicated, sharded = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-    create = lambda: init_state(model, tx, rng, sample)
+    create = lambda: init_state(model, objective, tx, rng, sample)
     state_sharding = jax.tree.map(lambda _: replicated, jax.eval_shape(create))
     state = jax.jit(create, out_shardings=state_sharding)()
-    step = jax.jit(make_train_step(model, make_loss("contrastive"), tx), in_shardings=(state_sharding, sharded),
+    step = jax.jit(make_train_step(model, objective, tx), in_shardings=(state_sharding, sharded),
                    out_shardings=(state_sharding, replicated), donate_argnums=(0,))
     losses = []
     for i in range(3):
@@ -49,7 +50,7 @@ def main(out: str) -> None:
         state, metrics = step(state, device_batch)
         losses.append(float(metrics["loss"]))
     flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in
-            jax.tree_util.tree_leaves_with_path({"params": state.params, "stats": state.batch_stats})}
+            jax.tree_util.tree_leaves_with_path({"params": state.params, "stats": state.model_state})}
     np.savez(out, losses=np.array(losses), devices=len(jax.devices()), **flat)
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from jaxdml.config import ConfigError, check_overrides, default_config, load_config_file, validate
 
-EXPERIMENTS = sorted(Path(__file__).resolve().parents[1].glob("experiments/*.py"))
+EXPERIMENTS = sorted(p for p in Path(__file__).resolve().parents[1].glob("experiments/*.py")
+                     if not p.name.startswith("_"))  # _*.py: recipes shared by experiment files
 
 
 def test_default_config_is_valid():

@@ -40,7 +40,7 @@ def test_embeddings_are_unit_vectors(pooling):
     model = model_for(pooling=pooling, embedding_dim=16, width=8)
     images = jax.random.randint(jax.random.key(1), (3, 16, 16, 3), 0, 256).astype(jnp.uint8)
     variables = model.init(jax.random.key(0), images)
-    emb = model.apply(variables, images)
+    emb = model.apply(variables, images)["embedding"]
     assert emb.shape == (3, 16) and emb.dtype == jnp.float32
     np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=1), 1.0, rtol=1e-6)
 
@@ -50,7 +50,7 @@ def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
     f32, bf16 = model_for(width=8), model_for(width=8, compute_dtype="bfloat16")
     variables = f32.init(jax.random.key(0), images)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(bf16.init(jax.random.key(0), images)))
-    a, b = f32.apply(variables, images), bf16.apply(variables, images)
+    a, b = f32.apply(variables, images)["embedding"], bf16.apply(variables, images)["embedding"]
     assert b.dtype == jnp.float32
     assert np.min(np.sum(np.asarray(a) * np.asarray(b), axis=1)) > 0.99  # cosine similarity
 

@@ -123,7 +123,7 @@ def test_same_params_and_metrics_after_sigterm_and_resume(tmp_path):
     cfg = tiny_config(**overrides)
     pa, pb = final_params(tmp_path / "reference", cfg), final_params(workdir, cfg)
     jax.tree.map(np.testing.assert_array_equal, pa.params, pb.params)
-    jax.tree.map(np.testing.assert_array_equal, pa.batch_stats, pb.batch_stats)
+    jax.tree.map(np.testing.assert_array_equal, pa.model_state, pb.model_state)
     np.testing.assert_array_equal(pa.step, 30)
 
 

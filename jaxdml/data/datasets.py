@@ -8,7 +8,7 @@ import ml_collections
 
 from jaxdml.data.sources import Source, split_validation_classes
 
-EMBEDDED = ("digit_pairs",)
+EMBEDDED = ("digit_pairs", "digit_collage")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,11 @@ def load_data(cfg: ml_collections.ConfigDict) -> DataSplits:
         from jaxdml.data.digits import load_digit_pairs
 
         train, query = load_digit_pairs()
+        reference = None
+    elif cfg.name == "digit_collage":
+        from jaxdml.data.digits import load_digit_collage
+
+        train, query = load_digit_collage()
         reference = None
     else:
         from jaxdml.data.tfds_sources import load_dataset

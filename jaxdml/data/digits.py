@@ -57,3 +57,41 @@ def load_digit_pairs(per_class: int = IMAGES_PER_CLASS, seed: int = SPLIT_SEED
     train = _compose(digits, [h[0] for h in halves], train_numbers, rng, per_class)
     test = _compose(digits, [h[1] for h in halves], test_numbers, rng, per_class)
     return ArraySource("digit_pairs[train]", *train), ArraySource("digit_pairs[test]", *test)
+
+
+COLLAGE_TARGET_DIGITS = (0, 1, 2, 3, 4, 5, 6)  # targets are the numbers written with these digits
+COLLAGE_DISTRACTOR_DIGITS = (7, 8, 9)  # distractor tiles: numbers written with these, never targets
+
+
+def load_digit_collage(per_class: int = IMAGES_PER_CLASS, seed: int = SPLIT_SEED
+                       ) -> tuple[ArraySource, ArraySource]:
+    """(train, test) collages in the spirit of GSP's CIFAR-Collage: 32x32 images of 2x2 tiles.
+
+    One tile, at a random position, shows the target: a two-digit number written with digits 0-6 (49
+    numbers, split at random into 25 training and 24 test classes). The other three tiles are distractors:
+    numbers written with digits 7-9, which are never targets. Pooling that averages every location (GAP)
+    mixes three nuisance tiles into every embedding; pooling that can ignore them should not. Handwriting
+    is split between train and test as in :func:`load_digit_pairs`.
+    """
+    digits = load_digits_source()
+    rng = np.random.default_rng(seed + 1)
+    halves = [np.array_split(rng.permutation(np.flatnonzero(digits.labels == d)), 2) for d in range(10)]
+    targets = np.array([10 * a + b for a in COLLAGE_TARGET_DIGITS for b in COLLAGE_TARGET_DIGITS])
+    distractors = np.array([10 * a + b for a in COLLAGE_DISTRACTOR_DIGITS for b in COLLAGE_DISTRACTOR_DIGITS])
+    order = rng.permutation(len(targets))
+    splits = (np.sort(targets[order[:25]]), np.sort(targets[order[25:]]))
+    sources = []
+    for half, (name, numbers) in enumerate(zip(("train", "test"), splits)):
+        instances = [h[half] for h in halves]
+        targets_tiles, labels = _compose(digits, instances, numbers, rng, per_class)  # (M, 16, 16, 1)
+        m = len(labels)
+        clutter = np.stack([_compose(digits, instances, rng.choice(distractors, m), rng, 1)[0] for _ in range(3)],
+                           axis=1)  # (M, 3, 16, 16, 1)
+        position = rng.integers(0, 4, m)  # the target's cell in the 2 x 2 grid
+        cells = np.arange(4)[None, :]
+        from_clutter = np.clip(cells - (cells > position[:, None]), 0, 2)  # cell -> distractor index
+        grid = np.where((cells == position[:, None])[..., None, None, None], targets_tiles[:, None],
+                        np.take_along_axis(clutter, from_clutter[..., None, None, None], axis=1))
+        images = grid.reshape(m, 2, 2, 16, 16, 1).transpose(0, 1, 3, 2, 4, 5).reshape(m, 32, 32, 1)
+        sources.append(ArraySource(f"digit_collage[{name}]", images, labels))
+    return sources[0], sources[1]

@@ -14,7 +14,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jaxdml.losses.objective import Objective, make_objective
 from jaxdml.losses.pair import contrastive_loss, multi_similarity_loss
+from jaxdml.losses.zsr import zero_shot_loss
 
 LOSSES: dict[str, Callable[..., jnp.ndarray]] = {
     "contrastive": contrastive_loss,
@@ -31,7 +33,8 @@ def make_loss(name: str, kwargs: Mapping[str, Any] | None = None) -> Callable[[j
         raise ValueError(f"unknown loss {name!r}.{hint} Available: {sorted(LOSSES)}.")
     fn = LOSSES[name]
     kwargs = dict(kwargs or {})
-    accepted = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    accepted = [p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind is p.KEYWORD_ONLY and p.name != "ref_mask"]
     for key in kwargs:
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=3)
@@ -41,4 +44,5 @@ def make_loss(name: str, kwargs: Mapping[str, Any] | None = None) -> Callable[[j
     return functools.partial(fn, **kwargs)
 
 
-__all__ = ["LOSSES", "contrastive_loss", "make_loss", "multi_similarity_loss"]
+__all__ = ["LOSSES", "Objective", "contrastive_loss", "make_loss", "make_objective", "multi_similarity_loss",
+           "zero_shot_loss"]

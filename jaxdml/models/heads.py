@@ -1,13 +1,15 @@
-"""Embedding heads: feature map -> pooled vector -> linear embedding -> unit L2 norm."""
+"""Embedding heads: feature map (B, H, W, C) -> {"embedding": unit vectors (B, D), ...}."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from jaxdml.layers import l2_normalize, pool
+from jaxdml.layers import greedy_k_center, gsp_weights, l2_normalize, pool
 
 
 class EmbeddingHead(nn.Module):
@@ -22,8 +24,86 @@ class EmbeddingHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, features: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(self, features: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         del train
         pooled = pool(features.astype(jnp.float32), self.pooling)
         embedding = nn.Dense(self.embedding_dim, dtype=self.dtype, name="projection")(pooled.astype(self.dtype))
-        return l2_normalize(embedding.astype(jnp.float32))
+        return {"embedding": l2_normalize(embedding.astype(jnp.float32))}
+
+
+class GSPHead(nn.Module):
+    """1x1 projection (no bias) to D channels -> Generalized Sum Pooling -> unit embedding, plus attributes.
+
+    Prototypes (K, D) are parameters. By default they are initialised as the released TF code does: the
+    head returns plain GAP (and zero attributes) while a memory of the ``memory_size`` most recent
+    L2-normalised GAP embeddings fills during training; then :meth:`refresh` (run by the train step after
+    each update) sets them to the greedy k-center points of the memory, and GSP takes over. With
+    ``memory_size=0`` the prototypes start as ``prototype_init`` gives them (e.g. vectors from a file).
+    Variants: ``augment_max_pool`` adds the max pool of the projected features; ``gem`` replaces the
+    weighted sum by generalised-mean pooling (learnable p, initially 3) of the GSP-weighted features.
+    """
+
+    embedding_dim: int
+    num_prototypes: int = 64
+    transport_ratio: float = 0.3
+    gamma: float = 5.0
+    method: str = "newton"
+    memory_size: int = 1024
+    augment_max_pool: bool = False
+    gem: bool = False
+    prototype_init: Callable[..., jnp.ndarray] = nn.initializers.he_normal()
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jnp.ndarray, train: bool = False, return_plan: bool = False
+                 ) -> dict[str, jnp.ndarray]:
+        b, d, k = features.shape[0], self.embedding_dim, self.num_prototypes
+        projected = nn.Dense(d, use_bias=False, dtype=self.dtype, name="projection")(features)
+        x = projected.reshape(b, -1, d).astype(jnp.float32)  # (B, N, D) local features
+        n = x.shape[1]
+        prototypes = self.param("prototypes", self.prototype_init, (k, d), jnp.float32)
+        power = self.param("gem_power", nn.initializers.constant(3.0), ()) if self.gem else None
+        ready = self.variable("gsp", "ready", lambda: jnp.asarray(self.memory_size == 0))
+        if self.memory_size:
+            memory = self.variable("gsp", "memory", jnp.zeros, (self.memory_size, d), jnp.float32)
+            count = self.variable("gsp", "count", lambda: jnp.zeros((), jnp.int32))
+
+        def gsp_branch():
+            weights, plan = gsp_weights(x, prototypes, transport_ratio=self.transport_ratio, gamma=self.gamma,
+                                        method=self.method)
+            if self.gem:
+                scaled = jnp.maximum(n * weights[..., None] * x, 1e-6)
+                pooled = jnp.mean(scaled**power, axis=1) ** (1.0 / power)
+            else:
+                pooled = jnp.einsum("bn,bnd->bd", weights, x)
+            return pooled, jnp.sum(plan, axis=-1) / self.transport_ratio, plan
+
+        def gap_branch():
+            return jnp.mean(x, axis=1), jnp.zeros((b, k), jnp.float32), jnp.zeros((b, k, n), jnp.float32)
+
+        pooled, attributes, plan = jax.lax.cond(ready.value, gsp_branch, gap_branch)
+        if self.memory_size and train and not self.is_initializing():
+            # Enqueue this batch's normalised GAP embeddings while the prototypes wait for initialisation.
+            gap = l2_normalize(jax.lax.stop_gradient(jnp.mean(x, axis=1)))
+            slots = (count.value + jnp.arange(b)) % self.memory_size
+            memory.value = jnp.where(ready.value, memory.value, memory.value.at[slots].set(gap))
+            count.value = jnp.where(ready.value, count.value, count.value + b)
+        if self.augment_max_pool:
+            pooled = pooled + jnp.max(x, axis=1)
+        outputs = {"embedding": l2_normalize(pooled), "attributes": attributes}
+        if return_plan:
+            outputs["plan"] = plan.reshape((b, k, *features.shape[1:-1]))
+        return outputs
+
+    def refresh(self) -> None:
+        """Once the memory is full, sets the prototypes to its greedy k-center points (once)."""
+        if not self.memory_size:
+            return
+        ready = self.get_variable("gsp", "ready")
+        start = (self.get_variable("gsp", "count") >= self.memory_size) & ~ready
+        memory = self.get_variable("gsp", "memory")
+        current = self.get_variable("params", "prototypes")
+        prototypes = jax.lax.cond(start, lambda: memory[greedy_k_center(memory, self.num_prototypes)],
+                                  lambda: current)
+        self.put_variable("params", "prototypes", prototypes)
+        self.put_variable("gsp", "ready", ready | start)

@@ -27,13 +27,13 @@ from jaxdml.config import ConfigError, validate
 from jaxdml.data import pipeline
 from jaxdml.data.datasets import DataSplits, load_data
 from jaxdml.data.sampler import MPerClassSampler
-from jaxdml.data.sources import Source
+from jaxdml.data.sources import Source, num_classes
 from jaxdml.eval import retrieval_metrics
-from jaxdml.losses import make_loss
+from jaxdml.losses import make_loss, make_objective
 from jaxdml.models import build_model
 from jaxdml.train.checkpoint import Checkpointer, abstract_like
 from jaxdml.train.optim import make_optimizer
-from jaxdml.train.step import TrainState, init_state, make_embed_step, make_train_step
+from jaxdml.train.step import TrainState, init_state, init_variables, make_embed_step, make_train_step
 from jaxdml.train.writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -156,14 +156,16 @@ class Trainer:
         self.sampler = MPerClassSampler(self.data.train.labels, cfg.train.batch_size // cfg.data.samples_per_class,
                                         cfg.data.samples_per_class, seed=cfg.seed)
         model = build_model(cfg.model)
-        loss_fn = make_loss(cfg.loss.name, cfg.loss.kwargs.to_dict())
+        objective = make_objective(cfg.loss, make_loss(cfg.loss.name, cfg.loss.kwargs.to_dict()),
+                                   num_classes=num_classes(self.data.train), embedding_dim=cfg.model.embedding_dim,
+                                   batch_size=cfg.train.batch_size)
 
         rng = jax.random.key(cfg.seed)
         sample = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, 3), jnp.uint8)
-        variables = jax.eval_shape(lambda: model.init(rng, sample, train=False))
-        tx = make_optimizer(cfg.optim, cfg.train.num_steps, variables["params"],
-                            variables.get("batch_stats", {}), cfg.model.freeze_bn)
-        create = lambda: init_state(model, tx, rng, sample)
+        params, model_state, _ = jax.eval_shape(lambda: init_variables(model, objective, rng, sample))
+        tx = make_optimizer(cfg.optim, cfg.train.num_steps, params, model_state.get("batch_stats", {}),
+                            cfg.model.freeze_bn)
+        create = lambda: init_state(model, objective, tx, rng, sample)
         replicated = NamedSharding(mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
         state_sharding = jax.tree.map(lambda _: replicated, jax.eval_shape(create))
@@ -177,7 +179,7 @@ class Trainer:
             self.state, self.meta = restored
             log.info("resumed from %s at step %d", self.checkpointer.directory, int(self.state.step))
 
-        self.train_step = jax.jit(make_train_step(model, loss_fn, tx),
+        self.train_step = jax.jit(make_train_step(model, objective, tx),
                                   in_shardings=(state_sharding, self.batch_sharding),
                                   out_shardings=(state_sharding, replicated), donate_argnums=(0,))
         self.evaluator = Evaluator(cfg, model, mesh, state_sharding)

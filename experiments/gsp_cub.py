@@ -1,0 +1,22 @@
+"""CUB-200-2011: GSP (generalized sum pooling) + ZSR + XBM + C1 contrastive.
+
+Recipe and its provenance: experiments/_gsp_recipe.py. Evaluated on CUB (classes 101-200).
+Prepare the data once (needs TensorFlow: pip install -e '.[prepare]'):
+
+    python -m jaxdml.data.prepare --dataset caltech_birds2011
+
+then:
+
+    python -m jaxdml.main --config experiments/gsp_cub.py --workdir runs/gsp_cub
+
+Expected run time and numbers: not measured yet (no dataset or GPU on the development machines; ResNet-50
+starts from random weights until pretrained-weight import lands, so results are not comparable to papers
+before that). The GSP paper's tables are not in our reference material; for orientation only:
+Intra-Batch ResNet-50/512 R@1 70.3; Proxy-Anchor 69.9 (conventional protocol, pretrained).
+"""
+
+from jaxdml.config import load_sibling
+
+
+def get_config():
+    return load_sibling(__file__, "_gsp_recipe").get_config("caltech_birds2011", pooling="gsp")

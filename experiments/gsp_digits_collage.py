@@ -1,0 +1,43 @@
+"""GSP on digit collages: can the pooling learn to ignore nuisance tiles? (GAP twin: gap_digits_collage.py)
+
+Each 32x32 image tiles one two-digit number of the target class with three distractor numbers written
+with digits that are never targets (jaxdml/data/digits.py, in the spirit of GSP's CIFAR-Collage). 25 target
+numbers train, the other 24 are tested, with unseen handwriting. Small CNN, 8x8 feature map (N = 64),
+K = 32 prototypes, transport ratio 0.3, gamma 5, prototypes from k-center over 1,024 GAP embeddings,
+contrastive loss + 0.1 ZSR (the released recipe's weighting).
+
+    python -m jaxdml.main --config experiments/gsp_digits_collage.py --workdir runs/gsp_digits_collage
+
+Expected on 2 CPU cores: TODO. Test classes, seeds 0-2, mean +- std: TODO.
+"""
+
+from jaxdml.config import default_config
+
+
+def get_config():
+    config = default_config()
+    config.data.name = "digit_collage"
+    config.data.image_size = 32
+    config.data.resize_size = 32
+    config.data.crop_area = (0.8, 1.0)
+    config.data.flip = False
+    config.data.samples_per_class = 4
+    config.model.backbone = "small_cnn"
+    config.model.width = 32
+    config.model.embedding_dim = 64
+    config.model.pooling = "gsp"
+    config.model.gsp.num_prototypes = 32
+    config.model.gsp.transport_ratio = 0.3
+    config.model.gsp.gamma = 5.0
+    config.model.gsp.memory_size = 1024
+    config.loss.name = "contrastive"
+    config.loss.zsr.weight = 0.1
+    config.optim.name = "adam"
+    config.optim.lr = 1e-3
+    config.optim.schedule = "cosine"
+    config.train.batch_size = 64
+    config.train.num_steps = 400
+    config.train.log_every = 50
+    config.train.eval_every = 100
+    config.train.checkpoint_every = 200
+    return config

@@ -1,0 +1,22 @@
+"""Stanford Online Products: GSP (generalized sum pooling) + ZSR + XBM + C1 contrastive.
+
+Recipe and its provenance: experiments/_gsp_recipe.py. Evaluated on SOP (11,316 test classes).
+Prepare the data once (needs TensorFlow: pip install -e '.[prepare]'):
+
+    python -m jaxdml.data.prepare --dataset stanford_online_products
+
+then:
+
+    python -m jaxdml.main --config experiments/gsp_sop.py --workdir runs/gsp_sop
+
+Expected run time and numbers: not measured yet (no dataset or GPU on the development machines; ResNet-50
+starts from random weights until pretrained-weight import lands, so results are not comparable to papers
+before that). The GSP paper's tables are not in our reference material; for orientation only:
+Intra-Batch ResNet-50/512 R@1 81.4 (conventional protocol, pretrained).
+"""
+
+from jaxdml.config import load_sibling
+
+
+def get_config():
+    return load_sibling(__file__, "_gsp_recipe").get_config("stanford_online_products", pooling="gsp")

@@ -1,0 +1,70 @@
+"""The GSP head: GAP while its memory fills, k-center prototypes after, then GSP; variants; k-center itself."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdml.layers import greedy_k_center, gsp_pool, l2_normalize
+from jaxdml.models import GSPHead
+
+
+def numpy_k_center(points, k):
+    picked = [0]
+    nearest = ((points - points[0]) ** 2).sum(-1)
+    for _ in range(k - 1):
+        picked.append(int(np.argmax(nearest)))
+        nearest = np.minimum(nearest, ((points - points[picked[-1]]) ** 2).sum(-1))
+    return picked
+
+
+def test_greedy_k_center_matches_farthest_point_selection():
+    points = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    assert greedy_k_center(jnp.asarray(points), 7).tolist() == numpy_k_center(points, 7)
+    # From given centres: none of them is re-picked, the first pick is the farthest from them.
+    chosen = greedy_k_center(jnp.asarray(points), 3, initial=jnp.asarray(points[:2]))
+    far = np.min(((points[:, None] - points[None, :2]) ** 2).sum(-1), axis=1)
+    assert int(chosen[0]) == int(np.argmax(far)) and not set(chosen.tolist()) & {0, 1}
+
+
+def test_prototypes_come_from_k_center_over_the_gap_memory():
+    head = GSPHead(embedding_dim=6, num_prototypes=3, memory_size=8, transport_ratio=0.5)
+    features = jax.random.normal(jax.random.key(0), (4, 3, 3, 5))
+    variables = head.init(jax.random.key(1), features)
+    refresh = lambda v: head.apply(v, method=GSPHead.refresh, mutable=True)[1]
+    for step in range(2):
+        out, updates = head.apply(variables, features + step, train=True, mutable=["gsp"])
+        variables = {**variables, **updates}
+        # GAP of the projected features until the prototypes exist.
+        kernel = variables["params"]["projection"]["kernel"]
+        gap = jnp.mean((features + step) @ kernel, axis=(1, 2))
+        np.testing.assert_allclose(np.asarray(out["embedding"]), np.asarray(l2_normalize(gap)), rtol=1e-5)
+        np.testing.assert_array_equal(np.asarray(out["attributes"]), 0.0)
+        variables = {**variables, **refresh(variables)}
+        assert bool(variables["gsp"]["ready"]) == (step == 1)
+    memory = np.asarray(variables["gsp"]["memory"])
+    expected = memory[numpy_k_center(memory, 3)]
+    np.testing.assert_allclose(np.asarray(variables["params"]["prototypes"]), expected, rtol=1e-6)
+    out = head.apply(variables, features, return_plan=True)
+    pooled, attributes = gsp_pool(features @ variables["params"]["projection"]["kernel"], jnp.asarray(expected),
+                                  transport_ratio=0.5, gamma=5.0)
+    np.testing.assert_allclose(np.asarray(out["embedding"]), np.asarray(l2_normalize(pooled)), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["attributes"]), np.asarray(attributes), rtol=1e-5)
+    assert out["plan"].shape == (4, 3, 3, 3)
+    # Refreshing again changes nothing: initialisation happens once.
+    again = refresh(variables)
+    np.testing.assert_array_equal(np.asarray(again["params"]["prototypes"]), expected)
+
+
+@pytest.mark.parametrize(("augment_max_pool", "gem"), [(True, False), (False, True)])
+def test_variants_give_unit_embeddings_and_gradients(augment_max_pool, gem):
+    head = GSPHead(embedding_dim=6, num_prototypes=4, memory_size=0, augment_max_pool=augment_max_pool, gem=gem)
+    features = jax.random.normal(jax.random.key(0), (3, 4, 4, 5))
+    variables = head.init(jax.random.key(1), features)
+    assert ("gem_power" in variables["params"]) == gem
+    out = head.apply(variables, features)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(out["embedding"]), axis=1), 1.0, rtol=1e-5)
+    grads = jax.grad(lambda p: jnp.sum(head.apply({**variables, "params": p}, features)["embedding"][:, 0]))(
+        variables["params"])
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    assert float(jnp.abs(grads["prototypes"]).max()) > 0

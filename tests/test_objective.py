@@ -1,0 +1,123 @@
+"""Cross-batch memory against pytorch-metric-learning's CrossBatchMemory; the ZSR loss against a direct
+numpy computation; the objective's weighting."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from jaxdml.config import default_config
+from jaxdml.losses import make_loss, make_objective, zero_shot_loss
+from jaxdml.losses.zsr import class_disjoint_halves
+
+
+def objective_for(name, kwargs=None, *, xbm_batches=0, start=0, zsr=0.0, batch=8, classes=6, dim=5):
+    cfg = default_config().loss
+    cfg.xbm.batches, cfg.xbm.start_step, cfg.zsr.weight = xbm_batches, start, zsr
+    return make_objective(cfg, make_loss(name, kwargs), num_classes=classes, embedding_dim=dim, batch_size=batch)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "pml_name"), [
+    ("contrastive", {"pos_margin": 0.1, "neg_margin": 0.8}, "ContrastiveLoss"),
+    ("multi_similarity", {}, "MultiSimilarityLoss"),
+])
+def test_cross_batch_memory_matches_pml(name, kwargs, pml_name):
+    torch = pytest.importorskip("torch")
+    pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+    batch, dim, batches_in_memory = 8, 5, 3
+    reference = pml_losses.CrossBatchMemory(getattr(pml_losses, pml_name)(**kwargs), embedding_size=dim,
+                                            memory_size=batches_in_memory * batch)
+    objective = objective_for(name, kwargs, xbm_batches=batches_in_memory, batch=batch, dim=dim)
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        _, state = objective.init(jax.random.key(0))
+        state = jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, state)
+        for step in range(5):  # fills the memory, then wraps around
+            x = rng.normal(size=(batch, dim))
+            labels = rng.integers(0, 6, batch)
+            t = torch.tensor(x, requires_grad=True)
+            expected = reference(t, torch.tensor(labels))
+            expected.backward()
+
+            def loss_of(e, state=state, labels=labels, step=step):
+                loss, new_state, _ = objective({"embedding": e}, jnp.asarray(labels), {}, state, jnp.asarray(step))
+                return loss, new_state
+
+            (value, state), grad = jax.value_and_grad(loss_of, has_aux=True)(jnp.asarray(x))
+            np.testing.assert_allclose(float(value), expected.item(), rtol=1e-9, err_msg=f"step {step}")
+            np.testing.assert_allclose(np.asarray(grad), t.grad.numpy(), rtol=1e-7, atol=1e-12)
+
+
+def test_memory_is_not_used_before_the_start_step():
+    objective = objective_for("contrastive", xbm_batches=2, start=3)
+    plain = objective_for("contrastive")
+    _, state = objective.init(jax.random.key(0))
+    rng = np.random.default_rng(1)
+    for step in range(5):
+        x, labels = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32), jnp.asarray(rng.integers(0, 4, 8))
+        loss, state, _ = objective({"embedding": x}, labels, {}, state, jnp.asarray(step))
+        batch_only = plain({"embedding": x}, labels, {}, {}, jnp.asarray(step))[0]
+        if step < 3:
+            assert float(loss) == pytest.approx(float(batch_only), rel=1e-6)
+        else:
+            assert abs(float(loss) - float(batch_only)) > 1e-6
+    assert int(state["position"]) == (5 * 8) % 16
+
+
+def test_class_disjoint_halves():
+    a, b = class_disjoint_halves(jnp.asarray([3, 3, 1, 1, 7, 7, 2, 2]))
+    assert a.tolist() == [True, True, True, True, False, False, False, False]
+    a, b = class_disjoint_halves(jnp.asarray([5, 0, 5, 0, 9, 9]))  # 3 classes: A gets 1, B gets 2
+    assert a.tolist() == [True, False, True, False, False, False] and (a ^ b).all()
+
+
+def numpy_zsr(attributes, labels, classes, ridge=0.05, scale=9.5):
+    """Direct computation with explicit index sets (no masking tricks)."""
+    order = list(dict.fromkeys(labels.tolist()))
+    half_a = set(order[: len(order) // 2])
+    a = np.array([label in half_a for label in labels])
+    losses = np.zeros(len(labels))
+    for fit, predict in ((a, ~a), (~a, a)):
+        x, y = attributes[fit], classes[labels[fit]]
+        w = x.T @ np.linalg.solve(x @ x.T + ridge * np.eye(len(x)), y)
+        logits = scale * (attributes[predict] @ w) @ classes.T
+        log_z = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+        losses[predict] = log_z - logits[np.arange(len(logits)), labels[predict]]
+    return losses.mean()
+
+
+def test_zero_shot_loss_matches_the_direct_computation_and_finite_differences():
+    rng = np.random.default_rng(2)
+    labels = np.repeat(rng.permutation(10)[:6], 4)
+    attributes = rng.dirichlet(np.ones(7), size=len(labels))
+    classes = rng.normal(size=(10, 5)) * 0.5
+    with jax.enable_x64(True):
+        value = zero_shot_loss(jnp.asarray(attributes), jnp.asarray(labels), jnp.asarray(classes))
+        np.testing.assert_allclose(float(value), numpy_zsr(attributes, labels, classes), rtol=1e-10)
+        f = lambda x, y: zero_shot_loss(x, jnp.asarray(labels), y)
+        gx, gy = jax.grad(f, argnums=(0, 1))(jnp.asarray(attributes), jnp.asarray(classes))
+        dx, dy, eps = rng.normal(size=attributes.shape), rng.normal(size=classes.shape), 1e-6
+        numeric = (f(jnp.asarray(attributes + eps * dx), jnp.asarray(classes + eps * dy))
+                   - f(jnp.asarray(attributes - eps * dx), jnp.asarray(classes - eps * dy))) / (2 * eps)
+        np.testing.assert_allclose(float(jnp.sum(gx * dx) + jnp.sum(gy * dy)), float(numeric), rtol=1e-6)
+    assert float(zero_shot_loss(jnp.ones((4, 3)), jnp.zeros(4, int), jnp.ones((2, 3)))) == 0.0  # one class
+
+
+def test_objective_weighting_and_parameters():
+    objective = objective_for("contrastive", zsr=0.1)
+    params, state = objective.init(jax.random.key(0))
+    assert params["class_embeddings"].shape == (6, 5) and state == {}
+    rng = np.random.default_rng(3)
+    outputs = {"embedding": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
+               "attributes": jnp.asarray(rng.dirichlet(np.ones(4), size=8), jnp.float32)}
+    labels = jnp.asarray([0, 0, 1, 1, 2, 2, 3, 3])
+    loss, _, metrics = objective(outputs, labels, params, state, jnp.asarray(0))
+    np.testing.assert_allclose(float(loss), 0.9 * float(metrics["dml_loss"]) + 0.1 * float(metrics["zsr_loss"]),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="needs a head that outputs attributes"):
+        objective({"embedding": outputs["embedding"]}, labels, params, state, jnp.asarray(0))
+    with pytest.raises(ValueError, match=r"loss\.zsr\.weight"):
+        make_objective(ConfigDict({"xbm": {"batches": 0, "start_step": 0},
+                                   "zsr": {"weight": 1.5, "ridge": 0.05, "scale": 9.5}}),
+                       make_loss("contrastive"), num_classes=2, embedding_dim=2, batch_size=2)
