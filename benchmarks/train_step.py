@@ -15,16 +15,10 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdml.config import default_config
-from jaxdml.losses import make_loss, make_objective
-from jaxdml.models import build_model
-from jaxdml.train.loop import create_mesh
-from jaxdml.train.optim import make_optimizer
-from jaxdml.train.step import init_state, init_variables, make_train_step
+from jaxdml.train.loop import build_training, create_mesh
 
 
 def step_seconds(pooling: str, zsr: float, args: argparse.Namespace) -> float:
@@ -34,31 +28,20 @@ def step_seconds(pooling: str, zsr: float, args: argparse.Namespace) -> float:
     cfg.model.gsp.memory_size = 0  # prototypes ready from the first step
     cfg.model.gsp.num_prototypes = args.prototypes
     cfg.loss.zsr.weight = zsr
+    cfg.data.image_size, cfg.train.batch_size = args.image_size, args.batch
     classes = args.batch // 4
-    model = build_model(cfg.model)
-    objective = make_objective(cfg.loss, make_loss("contrastive"), num_classes=classes, embedding_dim=512,
-                               batch_size=args.batch)
-    rng = jax.random.key(0)
-    sample = jnp.zeros((1, args.image_size, args.image_size, 3), jnp.uint8)
-    params, model_state, _ = jax.eval_shape(lambda: init_variables(model, objective, rng, sample))
-    tx = make_optimizer(cfg.optim, 1000, params, model_state.get("batch_stats", {}))
-    mesh = create_mesh()
-    replicated, sharded = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-    create = lambda: init_state(model, objective, tx, rng, sample)
-    state_sharding = jax.tree.map(lambda _: replicated, jax.eval_shape(create))
-    state = jax.jit(create, out_shardings=state_sharding)()
-    step = jax.jit(make_train_step(model, objective, tx), in_shardings=(state_sharding, sharded),
-                   out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+    setup = build_training(cfg, create_mesh(), classes)
     images = np.random.default_rng(0).integers(0, 256, (args.batch, args.image_size, args.image_size, 3), np.uint8)
-    batch = {"images": jax.device_put(images, sharded),
-             "labels": jax.device_put(np.repeat(np.arange(classes), 4).astype(np.int32), sharded)}
+    batch = {"images": jax.device_put(images, setup.batch_sharding),
+             "labels": jax.device_put(np.repeat(np.arange(classes), 4).astype(np.int32), setup.batch_sharding)}
+    state = setup.state
     for _ in range(args.warmup):
-        state, metrics = step(state, batch)
+        state, metrics = setup.train_step(state, batch)
     jax.block_until_ready(metrics)
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        state, metrics = step(state, batch)
+        state, metrics = setup.train_step(state, batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     return statistics.median(times)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxdml.layers.pooling import as_locations
 from kernels import gsp_transport
 
 
@@ -38,18 +39,10 @@ def prototype_costs(features: jnp.ndarray, prototypes: jnp.ndarray) -> jnp.ndarr
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
-def _locations(features: jnp.ndarray) -> jnp.ndarray:
-    if features.ndim == 4:
-        return features.reshape(features.shape[0], -1, features.shape[-1])
-    if features.ndim != 3:
-        raise ValueError(f"features must be (B, N, D) or (B, H, W, D), got shape {features.shape}")
-    return features
-
-
 def gsp_weights(features: jnp.ndarray, prototypes: jnp.ndarray, *, transport_ratio: float, gamma: float,
                 method: str = "newton") -> tuple[jnp.ndarray, jnp.ndarray]:
     """(location weights (B, N) summing to 1, transport plan (B, K, N) summing to ``transport_ratio``)."""
-    features = _locations(features)
+    features = as_locations(features)
     if prototypes.ndim != 2 or prototypes.shape[-1] != features.shape[-1]:
         raise ValueError(f"prototypes must be (K, {features.shape[-1]}) to match the features' dimension, "
                          f"got shape {prototypes.shape}")
@@ -63,7 +56,7 @@ def gsp_weights(features: jnp.ndarray, prototypes: jnp.ndarray, *, transport_rat
 def gsp_pool(features: jnp.ndarray, prototypes: jnp.ndarray, *, transport_ratio: float, gamma: float,
              method: str = "newton") -> tuple[jnp.ndarray, jnp.ndarray]:
     """Pooled features (B, D) and attribute histogram (B, K) for features (B, N, D) or (B, H, W, D)."""
-    x = _locations(features)
+    x = as_locations(features)
     weights, plan = gsp_weights(x, prototypes, transport_ratio=transport_ratio, gamma=gamma, method=method)
     attributes = jnp.sum(plan, axis=-1) / transport_ratio
     if isinstance(transport_ratio, (int, float)) and transport_ratio == 1:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
-def _locations(features: jnp.ndarray) -> jnp.ndarray:
+def as_locations(features: jnp.ndarray) -> jnp.ndarray:
+    """(B, H, W, D) feature maps or (B, N, D) location sets as (B, N, D)."""
     if features.ndim == 4:
         return features.reshape(features.shape[0], -1, features.shape[-1])
     if features.ndim != 3:
@@ -15,12 +16,12 @@ def _locations(features: jnp.ndarray) -> jnp.ndarray:
 
 def global_average_pool(features: jnp.ndarray) -> jnp.ndarray:
     """GAP: the mean over locations."""
-    return jnp.mean(_locations(features), axis=1)
+    return jnp.mean(as_locations(features), axis=1)
 
 
 def global_max_pool(features: jnp.ndarray) -> jnp.ndarray:
     """GMP: the per-channel maximum over locations."""
-    return jnp.max(_locations(features), axis=1)
+    return jnp.max(as_locations(features), axis=1)
 
 
 def gap_plus_gmp(features: jnp.ndarray) -> jnp.ndarray:

@@ -9,6 +9,7 @@ parameters and metrics as an uninterrupted one. SIGINT/SIGTERM save a checkpoint
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import signal
@@ -139,6 +140,38 @@ def _format(metrics: dict[str, float]) -> str:
     return "  ".join(f"{names.get(k, k.replace('recall_at_', 'R@'))}={100 * metrics[k]:.2f}" for k in keys)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingSetup:
+    """What a config trains: its model, the initial state and the jitted, sharded train step."""
+
+    model: Any
+    state: TrainState
+    state_sharding: Any
+    batch_sharding: NamedSharding
+    train_step: Any  # (state, {"images", "labels"}) -> (state, metrics); the state argument is donated
+
+
+def build_training(cfg: ml_collections.ConfigDict, mesh: Mesh, num_train_classes: int) -> TrainingSetup:
+    """Model, objective and optimiser of ``cfg``; the state replicated on ``mesh``, batches split over ``data``."""
+    model = build_model(cfg.model)
+    objective = make_objective(cfg.loss, make_loss(cfg.loss.name, cfg.loss.kwargs.to_dict()),
+                               num_classes=num_train_classes, embedding_dim=cfg.model.embedding_dim,
+                               batch_size=cfg.train.batch_size)
+    rng = jax.random.key(cfg.seed)
+    sample = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, 3), jnp.uint8)
+    params, model_state, _ = jax.eval_shape(lambda: init_variables(model, objective, rng, sample))
+    tx = make_optimizer(cfg.optim, cfg.train.num_steps, params, model_state.get("batch_stats", {}),
+                        cfg.model.freeze_bn)
+    create = lambda: init_state(model, objective, tx, rng, sample)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    state_sharding = jax.tree.map(lambda _: replicated, jax.eval_shape(create))
+    state = jax.jit(create, out_shardings=state_sharding)()
+    train_step = jax.jit(make_train_step(model, objective, tx), in_shardings=(state_sharding, batch_sharding),
+                         out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+    return TrainingSetup(model, state, state_sharding, batch_sharding, train_step)
+
+
 class Trainer:
     """One run in one workdir: builds everything from the config, then :meth:`run` trains and evaluates."""
 
@@ -155,21 +188,9 @@ class Trainer:
         self.data: DataSplits = load_data(cfg.data)
         self.sampler = MPerClassSampler(self.data.train.labels, cfg.train.batch_size // cfg.data.samples_per_class,
                                         cfg.data.samples_per_class, seed=cfg.seed)
-        model = build_model(cfg.model)
-        objective = make_objective(cfg.loss, make_loss(cfg.loss.name, cfg.loss.kwargs.to_dict()),
-                                   num_classes=num_classes(self.data.train), embedding_dim=cfg.model.embedding_dim,
-                                   batch_size=cfg.train.batch_size)
-
-        rng = jax.random.key(cfg.seed)
-        sample = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, 3), jnp.uint8)
-        params, model_state, _ = jax.eval_shape(lambda: init_variables(model, objective, rng, sample))
-        tx = make_optimizer(cfg.optim, cfg.train.num_steps, params, model_state.get("batch_stats", {}),
-                            cfg.model.freeze_bn)
-        create = lambda: init_state(model, objective, tx, rng, sample)
-        replicated = NamedSharding(mesh, PartitionSpec())
-        self.batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-        state_sharding = jax.tree.map(lambda _: replicated, jax.eval_shape(create))
-        self.state: TrainState = jax.jit(create, out_shardings=state_sharding)()
+        setup = build_training(cfg, mesh, num_classes(self.data.train))
+        self.state: TrainState = setup.state
+        self.train_step, self.batch_sharding = setup.train_step, setup.batch_sharding
 
         self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=cfg.train.keep_checkpoints,
                                          selection_metric=cfg.eval.selection_metric)
@@ -179,10 +200,7 @@ class Trainer:
             self.state, self.meta = restored
             log.info("resumed from %s at step %d", self.checkpointer.directory, int(self.state.step))
 
-        self.train_step = jax.jit(make_train_step(model, objective, tx),
-                                  in_shardings=(state_sharding, self.batch_sharding),
-                                  out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-        self.evaluator = Evaluator(cfg, model, mesh, state_sharding)
+        self.evaluator = Evaluator(cfg, setup.model, mesh, setup.state_sharding)
         # Model selection on the held-out training classes if there are any, else on the test set.
         if self.data.val is not None:
             self.selection = ("val", self.data.val, None)
