@@ -2,7 +2,9 @@
 
     python -m jaxdml.main --config experiments/gap_digits_collage.py --workdir runs/gap_digits_collage
 
-Expected on 2 CPU cores: TODO. Test classes, seeds 0-2, mean +- std: TODO.
+Expected on 2 CPU cores: about 2 minutes (400 steps). Test classes (720 images, 24 numbers), seeds 0 / 1 / 2:
+    GAP  R@1 85.83 / 92.92 / 86.39 = 88.38 +- 3.94   MAP@R 57.33 / 67.90 / 59.26 = 61.50 +- 5.63
+    GSP  R@1 91.71 +- 1.42, MAP@R 69.71 +- 5.71 (gsp_digits_collage.py)
 """
 
 import importlib.util
