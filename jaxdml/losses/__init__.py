@@ -34,7 +34,7 @@ def make_loss(name: str, kwargs: Mapping[str, Any] | None = None) -> Callable[[j
     fn = LOSSES[name]
     kwargs = dict(kwargs or {})
     accepted = [p.name for p in inspect.signature(fn).parameters.values()
-                if p.kind is p.KEYWORD_ONLY and p.name != "ref_mask"]
+                if p.kind is p.KEYWORD_ONLY and p.name != "pair_mask"]
     for key in kwargs:
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=3)

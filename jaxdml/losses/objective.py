@@ -23,7 +23,7 @@ from jaxdml.losses.zsr import zero_shot_loss
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    base: Callable[..., jnp.ndarray]  # loss(embeddings, labels, ref_embeddings, ref_labels, *, ref_mask)
+    base: Callable[..., jnp.ndarray]  # loss(embeddings, labels, ref_embeddings, ref_labels, *, pair_mask)
     num_classes: int
     embedding_dim: int
     xbm_size: int = 0  # memory slots (batches x batch size); 0 = no memory
@@ -52,10 +52,10 @@ class Objective:
         embeddings = embeddings.astype(jnp.promote_types(embeddings.dtype, jnp.float32))
         metrics: dict[str, jnp.ndarray] = {}
         if self.xbm_size:
-            state, ref_mask = self._enqueue(state, embeddings, labels)
+            state, pair_mask = self._enqueue(state, embeddings, labels)
             dml = jax.lax.cond(
                 step >= self.xbm_start_step,
-                lambda: self.base(embeddings, labels, state["embeddings"], state["labels"], ref_mask=ref_mask),
+                lambda: self.base(embeddings, labels, state["embeddings"], state["labels"], pair_mask=pair_mask),
                 lambda: self.base(embeddings, labels))
         else:
             dml = self.base(embeddings, labels)

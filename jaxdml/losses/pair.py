@@ -2,7 +2,7 @@
 
 Each anchor of the batch is paired with every item of a reference set: by default the batch itself
 (the pair (i, i) excluded, every other pair used in both orders), or a memory of past embeddings
-(cross-batch memory), where ``ref_mask`` (B, M) says which pairs exist. Positives are pairs with equal
+(cross-batch memory), where ``pair_mask`` (B, M) says which pairs exist. Positives are pairs with equal
 labels. Embeddings are L2-normalised inside (PML's distances do the same), so raw vectors are accepted.
 """
 
@@ -16,15 +16,19 @@ from jaxdml.layers import l2_normalize
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def pair_masks(labels: jnp.ndarray, ref_labels: jnp.ndarray | None = None, ref_mask: jnp.ndarray | None = None
+def pair_masks(labels: jnp.ndarray, ref_labels: jnp.ndarray | None = None, pair_mask: jnp.ndarray | None = None
                ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(positive, negative) boolean (B, M) masks. Without a reference set the diagonal is neither."""
+    """(positive, negative) boolean (B, M) masks of the pairs ``pair_mask`` allows (all if None).
+
+    Without a reference set the reference is the batch and the diagonal (i, i) is never a pair.
+    """
+    allowed = jnp.ones((labels.shape[0], (labels if ref_labels is None else ref_labels).shape[0]), bool)
     if ref_labels is None:
         ref_labels = labels
-        if ref_mask is None:
-            ref_mask = ~jnp.eye(labels.shape[0], dtype=bool)
+        allowed = ~jnp.eye(labels.shape[0], dtype=bool)
+    if pair_mask is not None:
+        allowed = allowed & pair_mask
     same = labels[:, None] == ref_labels[None, :]
-    allowed = jnp.ones(same.shape, bool) if ref_mask is None else ref_mask
     return same & allowed, ~same & allowed
 
 
@@ -51,7 +55,7 @@ def _mean_of_positive(losses: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
 
 
 def contrastive_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jnp.ndarray | None = None,
-                     ref_labels: jnp.ndarray | None = None, *, ref_mask: jnp.ndarray | None = None,
+                     ref_labels: jnp.ndarray | None = None, *, pair_mask: jnp.ndarray | None = None,
                      pos_margin: float = 0.0, neg_margin: float = 1.0, distance: str = "euclidean") -> jnp.ndarray:
     """Contrastive loss (PML ``ContrastiveLoss``; defaults equal PML's).
 
@@ -59,7 +63,7 @@ def contrastive_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embedding
     ``distance="cosine"`` (similarity s): [pos_margin - s]+ and [s - neg_margin]+. Positive and negative
     terms are each averaged over their non-zero entries, then summed.
     """
-    pos, neg = pair_masks(labels, ref_labels, ref_mask)
+    pos, neg = pair_masks(labels, ref_labels, pair_mask)
     if distance == "euclidean":
         d = euclidean_distances(l2_normalize(embeddings),
                                 None if ref_embeddings is None else l2_normalize(ref_embeddings))
@@ -80,14 +84,14 @@ def _log1p_sum_exp(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
 
 
 def multi_similarity_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jnp.ndarray | None = None,
-                          ref_labels: jnp.ndarray | None = None, *, ref_mask: jnp.ndarray | None = None,
+                          ref_labels: jnp.ndarray | None = None, *, pair_mask: jnp.ndarray | None = None,
                           alpha: float = 2.0, beta: float = 50.0, base: float = 0.5) -> jnp.ndarray:
     """Multi-similarity loss (Wang et al. 2019; PML ``MultiSimilarityLoss``, cosine similarity).
 
     Per anchor: 1/alpha log(1 + sum_pos exp(-alpha (s - base))) + 1/beta log(1 + sum_neg exp(beta (s - base))),
     averaged over all anchors of the batch.
     """
-    pos, neg = pair_masks(labels, ref_labels, ref_mask)
+    pos, neg = pair_masks(labels, ref_labels, pair_mask)
     s = cosine_similarities(embeddings, ref_embeddings)
     per_anchor = (_log1p_sum_exp(alpha * (base - s), pos) / alpha
                   + _log1p_sum_exp(beta * (s - base), neg) / beta)
