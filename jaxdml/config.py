@@ -60,6 +60,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "contrastive"  # see jaxdml.losses.LOSSES
     c.loss.kwargs = ml_collections.ConfigDict()  # hyper-parameters of the named loss
+    c.loss.weight = 1.0
+    # More terms of a weighted sum: {term: {name, kwargs, weight}}, e.g. CCP's 0.1 pair + 1.0 proxy loss.
+    c.loss.extra_terms = ml_collections.ConfigDict()
+    c.loss.miner = ml_collections.ConfigDict()  # pair / triplet mining for pair-based terms
+    c.loss.miner.name = ""  # "" = every pair; see jaxdml.losses.MINERS
+    c.loss.miner.kwargs = ml_collections.ConfigDict()
     c.loss.xbm = ml_collections.ConfigDict()  # cross-batch memory around the loss
     c.loss.xbm.batches = 0  # memory size in batches (0 = off); GSP recipe: 25 CUB/Cars, 400 In-Shop, 1400 SOP
     c.loss.xbm.start_step = 1000
@@ -82,6 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.step_factor = 0.1
     c.optim.grad_clip_norm = 0.0  # 0 = no clipping
     c.optim.lr_mult = ml_collections.ConfigDict(dict(backbone=1.0, head=1.0, loss=1.0))
+    c.optim.freeze_backbone_steps = 0  # warm-up: only head and loss parameters (e.g. proxies) train at first
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32  # global batch; classes per batch = batch_size // data.samples_per_class
@@ -105,7 +112,7 @@ def _flatten(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]
     out: dict[str, Any] = {}
     for key, value in cfg.items():
         path = f"{prefix}{key}"
-        if isinstance(value, ml_collections.ConfigDict) and not path.endswith(".kwargs") and key != "kwargs":
+        if isinstance(value, ml_collections.ConfigDict) and key not in ("kwargs", "extra_terms"):
             out.update(_flatten(value, path + "."))
         else:
             out[path] = value

@@ -14,8 +14,9 @@ from jaxdml.losses.zsr import class_disjoint_halves
 
 def objective_for(name, kwargs=None, *, xbm_batches=0, start=0, zsr=0.0, batch=8, classes=6, dim=5):
     cfg = default_config().loss
+    cfg.name, cfg.kwargs = name, ConfigDict(kwargs or {})
     cfg.xbm.batches, cfg.xbm.start_step, cfg.zsr.weight = xbm_batches, start, zsr
-    return make_objective(cfg, make_loss(name, kwargs), num_classes=classes, embedding_dim=dim, batch_size=batch)
+    return make_objective(cfg, num_classes=classes, embedding_dim=dim, batch_size=batch)
 
 
 @pytest.mark.parametrize(("name", "kwargs", "pml_name"), [
@@ -117,7 +118,24 @@ def test_objective_weighting_and_parameters():
                                rtol=1e-6)
     with pytest.raises(ValueError, match="needs a head that outputs attributes"):
         objective({"embedding": outputs["embedding"]}, labels, params, state, jnp.asarray(0))
+    cfg = default_config().loss
+    cfg.zsr.weight = 1.5
     with pytest.raises(ValueError, match=r"loss\.zsr\.weight"):
-        make_objective(ConfigDict({"xbm": {"batches": 0, "start_step": 0},
-                                   "zsr": {"weight": 1.5, "ridge": 0.05, "scale": 9.5}}),
-                       make_loss("contrastive"), num_classes=2, embedding_dim=2, batch_size=2)
+        make_objective(cfg, num_classes=2, embedding_dim=2, batch_size=2)
+
+
+def test_weighted_sum_of_terms():
+    cfg = default_config().loss
+    cfg.name, cfg.weight = "contrastive", 0.1
+    cfg.extra_terms = ConfigDict({"ms": {"name": "multi_similarity", "kwargs": {"alpha": 3.0}, "weight": 2.0}})
+    objective = make_objective(cfg, num_classes=4, embedding_dim=5, batch_size=8)
+    rng = np.random.default_rng(4)
+    x, labels = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32), jnp.asarray([0, 0, 1, 1, 2, 2, 3, 3])
+    loss, _, metrics = objective({"embedding": x}, labels, {}, {}, jnp.asarray(0))
+    ms = make_loss("multi_similarity", {"alpha": 3.0})
+    expected = 0.1 * make_loss("contrastive")(x, labels) + 2.0 * ms(x, labels)
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+    assert set(metrics) == {"contrastive_loss", "ms_loss"}
+    cfg.extra_terms = ConfigDict({"ms": {"name": "multi_similarty"}})
+    with pytest.raises(ValueError, match="Did you mean multi_similarity"):
+        make_objective(cfg, num_classes=4, embedding_dim=5, batch_size=8)

@@ -67,3 +67,16 @@ def test_schedules():
     cfg.schedule, cfg.warmup_steps, cfg.step_boundaries = "step", 0, (5, 8)
     s = learning_rate_schedule(cfg, 10)
     assert [float(s(i)) for i in (4, 5, 8)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_backbone_frozen_during_warm_up():
+    cfg = default_config().optim
+    cfg.name, cfg.lr, cfg.momentum, cfg.freeze_backbone_steps = "sgd", 0.1, 0.0, 2
+    tx = make_optimizer(cfg, 10, PARAMS, STATS)
+    grads = jax.tree.map(jnp.ones_like, PARAMS)
+    state = tx.init(PARAMS)
+    for step in range(3):
+        updates, state = tx.update(grads, state, PARAMS)
+        backbone = float(updates["backbone"]["conv"]["kernel"].max())
+        assert (backbone == 0.0) == (step < 2), step
+        assert float(updates["head"]["projection"]["kernel"].max()) < 0

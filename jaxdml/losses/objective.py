@@ -1,31 +1,42 @@
-"""The training objective of a config: a DML loss, optionally against a cross-batch memory, plus ZSR.
+"""The training objective of a config: a weighted sum of losses, optional miner and cross-batch memory, ZSR.
 
-``total = (1 - zsr.weight) * L_DML + zsr.weight * L_ZSR`` (the released GSP code's weighting, 0.9 / 0.1).
-Cross-batch memory (XBM, Wang et al. 2020) as pytorch-metric-learning's ``CrossBatchMemory``: each step
-enqueues the batch's (gradient-stopped) embeddings in a ring buffer of ``xbm.batches`` batches and, from
-``xbm.start_step`` on, pairs every anchor of the batch with every item of the memory (itself excluded).
-Loss parameters (ZSR class embeddings) and loss state (the memory) live in the train state, so they are
-checkpointed and sharded like everything else.
+``L = sum_t weight_t * L_t`` over the configured terms (``loss.name`` / ``loss.kwargs`` / ``loss.weight`` and any
+``loss.extra_terms``); with GSP's zero-shot loss ``total = (1 - zsr.weight) * L + zsr.weight * L_ZSR`` (the
+released code's 0.9 / 0.1). Pair-based terms see the pairs a miner selects (``loss.miner``) and, with a
+cross-batch memory (XBM, Wang et al. 2020, as pytorch-metric-learning's ``CrossBatchMemory``), pair every anchor
+of the batch with every item of a ring buffer of ``xbm.batches`` past batches (itself excluded) from
+``xbm.start_step`` on. Proxy- and classifier-based terms get their parameters (proxies, class weights) from the
+train state, where they are checkpointed and optimised with ``optim.lr_mult.loss``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxdml.losses.registry import LossSpec, check_kwargs, loss_spec, miner_fn
 from jaxdml.losses.zsr import zero_shot_loss
 
 
 @dataclasses.dataclass(frozen=True)
+class Term:
+    name: str  # key of the term (its parameters live under params["loss"][name])
+    spec: LossSpec
+    kwargs: Mapping[str, Any]
+    weight: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Objective:
-    base: Callable[..., jnp.ndarray]  # loss(embeddings, labels, ref_embeddings, ref_labels, *, pair_mask)
+    terms: tuple[Term, ...]
     num_classes: int
     embedding_dim: int
+    miner: Callable[..., Any] | None = None
     xbm_size: int = 0  # memory slots (batches x batch size); 0 = no memory
     xbm_start_step: int = 0
     zsr_weight: float = 0.0
@@ -35,9 +46,13 @@ class Objective:
     def init(self, rng: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
         """(loss parameters, loss state)."""
         params: dict[str, Any] = {}
+        rngs = jax.random.split(rng, len(self.terms) + 1)
+        for term, key in zip(self.terms, rngs[:-1]):
+            if term.spec.init is not None:
+                params[term.name] = term.spec.init(key, self.num_classes, self.embedding_dim, **term.kwargs)
         if self.zsr_weight > 0:
             params["class_embeddings"] = jax.nn.initializers.he_normal()(
-                rng, (self.num_classes, self.embedding_dim), jnp.float32)
+                rngs[-1], (self.num_classes, self.embedding_dim), jnp.float32)
         state: dict[str, Any] = {}
         if self.xbm_size:
             state = {"embeddings": jnp.zeros((self.xbm_size, self.embedding_dim), jnp.float32),
@@ -52,22 +67,47 @@ class Objective:
         embeddings = embeddings.astype(jnp.promote_types(embeddings.dtype, jnp.float32))
         metrics: dict[str, jnp.ndarray] = {}
         if self.xbm_size:
-            state, pair_mask = self._enqueue(state, embeddings, labels)
-            dml = jax.lax.cond(
-                step >= self.xbm_start_step,
-                lambda: self.base(embeddings, labels, state["embeddings"], state["labels"], pair_mask=pair_mask),
-                lambda: self.base(embeddings, labels))
-        else:
-            dml = self.base(embeddings, labels)
-        loss = dml
+            state, memory_mask = self._enqueue(state, embeddings, labels)
+        total = jnp.zeros((), embeddings.dtype)
+        for term in self.terms:
+            term_params = params.get(term.name, {})
+            if term.spec.kind == "proxy":
+                value = term.spec.fn(embeddings, labels, term_params, **term.kwargs)
+            elif self.xbm_size:
+                value = jax.lax.cond(
+                    step >= self.xbm_start_step,
+                    lambda t=term, p=term_params: self._pair_term(t, p, embeddings, labels, state["embeddings"],
+                                                                  state["labels"], memory_mask),
+                    lambda t=term, p=term_params: self._pair_term(t, p, embeddings, labels))
+            else:
+                value = self._pair_term(term, term_params, embeddings, labels)
+            total = total + term.weight * value
+            if len(self.terms) > 1:
+                metrics[f"{term.name}_loss"] = value
+        loss = total
         if self.zsr_weight > 0:
             if "attributes" not in outputs:
                 raise ValueError("loss.zsr.weight > 0 needs a head that outputs attributes (model.pooling='gsp')")
             zsr = zero_shot_loss(outputs["attributes"], labels, params["class_embeddings"],
                                  ridge=self.zsr_ridge, scale=self.zsr_scale)
-            loss = (1.0 - self.zsr_weight) * dml + self.zsr_weight * zsr
-            metrics.update(dml_loss=dml, zsr_loss=zsr)
+            loss = (1.0 - self.zsr_weight) * total + self.zsr_weight * zsr
+            metrics.update(dml_loss=total, zsr_loss=zsr)
         return loss, state, metrics
+
+    def _pair_term(self, term: Term, term_params: dict[str, Any], embeddings: jnp.ndarray, labels: jnp.ndarray,
+                   ref_embeddings: jnp.ndarray | None = None, ref_labels: jnp.ndarray | None = None,
+                   pair_mask: jnp.ndarray | None = None) -> jnp.ndarray:
+        kwargs = dict(term.kwargs)
+        if self.miner is not None:
+            mined = self.miner(jax.lax.stop_gradient(embeddings), labels,
+                               None if ref_embeddings is None else jax.lax.stop_gradient(ref_embeddings),
+                               ref_labels)
+            if isinstance(mined, jnp.ndarray):  # a pair mask
+                pair_mask = mined if pair_mask is None else pair_mask & mined
+            else:  # a lazy triplet selection, for triplet losses
+                kwargs["triplets"] = mined
+        return term.spec.fn(embeddings, labels, ref_embeddings, ref_labels, pair_mask=pair_mask, **term_params,
+                            **kwargs)
 
     def _enqueue(self, state: dict[str, Any], embeddings: jnp.ndarray, labels: jnp.ndarray
                  ) -> tuple[dict[str, Any], jnp.ndarray]:
@@ -85,12 +125,26 @@ class Objective:
         return new_state, (new_state["labels"] >= 0)[None, :] & ~is_self
 
 
-def make_objective(cfg: ml_collections.ConfigDict, base: Callable[..., jnp.ndarray], *, num_classes: int,
-                   embedding_dim: int, batch_size: int) -> Objective:
-    """The objective described by the ``loss`` section of a config, around the bound DML loss ``base``."""
+def _term(name: str, loss_name: str, kwargs: Mapping[str, Any], weight: float) -> Term:
+    return Term(name, loss_spec(loss_name), check_kwargs(loss_name, dict(kwargs)), float(weight))
+
+
+def make_objective(cfg: ml_collections.ConfigDict, *, num_classes: int, embedding_dim: int,
+                   batch_size: int) -> Objective:
+    """The objective described by the ``loss`` section of a config."""
     if cfg.xbm.batches < 0 or not 0.0 <= cfg.zsr.weight < 1.0:
         raise ValueError(f"loss.xbm.batches must be >= 0 and loss.zsr.weight in [0, 1); got {cfg.xbm.batches}, "
                          f"{cfg.zsr.weight}")
-    return Objective(base, num_classes, embedding_dim, xbm_size=cfg.xbm.batches * batch_size,
+    terms = [_term(cfg.name, cfg.name, cfg.kwargs.to_dict(), cfg.weight)]
+    for key, extra in cfg.extra_terms.items():
+        unknown = set(extra) - {"name", "kwargs", "weight"}
+        if unknown or "name" not in extra:
+            raise ValueError(f"loss.extra_terms.{key} must have keys name, kwargs (optional), weight (optional); "
+                             f"got {sorted(extra)}")
+        terms.append(_term(key, extra["name"], dict(extra.get("kwargs", {})), extra.get("weight", 1.0)))
+    if len({t.name for t in terms}) != len(terms):
+        raise ValueError(f"loss terms need distinct names; got {[t.name for t in terms]}")
+    miner = miner_fn(cfg.miner.name, cfg.miner.kwargs.to_dict()) if cfg.miner.name else None
+    return Objective(tuple(terms), num_classes, embedding_dim, miner=miner, xbm_size=cfg.xbm.batches * batch_size,
                      xbm_start_step=cfg.xbm.start_step, zsr_weight=cfg.zsr.weight, zsr_ridge=cfg.zsr.ridge,
                      zsr_scale=cfg.zsr.scale)

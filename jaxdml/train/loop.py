@@ -30,7 +30,7 @@ from jaxdml.data.datasets import DataSplits, load_data
 from jaxdml.data.sampler import MPerClassSampler
 from jaxdml.data.sources import Source, num_classes
 from jaxdml.eval import retrieval_metrics
-from jaxdml.losses import make_loss, make_objective
+from jaxdml.losses import make_objective
 from jaxdml.models import build_model
 from jaxdml.train.checkpoint import Checkpointer, abstract_like
 from jaxdml.train.optim import make_optimizer
@@ -154,8 +154,7 @@ class TrainingSetup:
 def build_training(cfg: ml_collections.ConfigDict, mesh: Mesh, num_train_classes: int) -> TrainingSetup:
     """Model, objective and optimiser of ``cfg``; the state replicated on ``mesh``, batches split over ``data``."""
     model = build_model(cfg.model)
-    objective = make_objective(cfg.loss, make_loss(cfg.loss.name, cfg.loss.kwargs.to_dict()),
-                               num_classes=num_train_classes, embedding_dim=cfg.model.embedding_dim,
+    objective = make_objective(cfg.loss, num_classes=num_train_classes, embedding_dim=cfg.model.embedding_dim,
                                batch_size=cfg.train.batch_size)
     rng = jax.random.key(cfg.seed)
     sample = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, 3), jnp.uint8)

@@ -1,7 +1,9 @@
 """The optimiser: optax with parameter groups, LR multipliers and weight decay only where it belongs.
 
 Parameters are grouped by their top-level key (``backbone``, ``head``, ``loss``); each group's learning
-rate is the schedule times ``optim.lr_mult.<group>``. Weight decay never touches BatchNorm parameters or
+rate is the schedule times ``optim.lr_mult.<group>`` (proxy losses use e.g. 100 for ``loss``), and
+``optim.freeze_backbone_steps`` keeps the backbone still while the head and proxies warm up. Weight decay
+(which follows the group's rate) never touches BatchNorm parameters or
 biases (any parameter with fewer than two dimensions). With ``model.freeze_bn`` the backbone's BatchNorm
 scale and offset are frozen along with its running statistics (as the original TF framework and the
 Proxy-Anchor code do).
@@ -81,9 +83,14 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, params: Mappi
         return jax.tree.map(lambda _: group, bn)
 
     labels = {g: label(g, is_bn[g]) for g in groups}
+    def group_schedule(group: str) -> optax.Schedule:
+        multiplier = cfg.lr_mult[group]
+        if group == "backbone" and cfg.freeze_backbone_steps > 0:  # warm-up with a frozen backbone
+            return lambda step: schedule(step) * multiplier * (step >= cfg.freeze_backbone_steps)
+        return lambda step: schedule(step) * multiplier
+
     # multi_transform hands each transform the whole tree (other groups masked), so masks are whole-tree.
-    transforms = {g: _base_optimizer(cfg, lambda step, m=cfg.lr_mult[g]: schedule(step) * m, decay_mask)
-                  for g in groups}
+    transforms = {g: _base_optimizer(cfg, group_schedule(g), decay_mask) for g in groups}
     transforms["frozen"] = optax.set_to_zero()
     chain = [optax.multi_transform(transforms, labels)]
     if cfg.grad_clip_norm > 0:
