@@ -35,7 +35,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.crop_area = (0.16, 1.0)  # random-resized crop: fraction of the image area
     c.data.crop_aspect = (3 / 4, 4 / 3)  # random-resized crop: aspect-ratio range
     c.data.flip = True  # random horizontal flip in training
-    c.data.samples_per_class = 4  # M-per-class sampler: images per class in a batch
+    c.data.sampler = "m_per_class"  # m_per_class | one_per_class | hierarchical (SOP super-classes)
+    c.data.samples_per_class = 4  # m_per_class / hierarchical: images per class in a batch
+    c.data.super_classes_per_batch = 2  # hierarchical: super-classes per batch
     c.data.val_fraction = 0.0  # last fraction of the training classes held out for model selection
     c.data.num_workers = 0  # grain worker processes for decoding/augmenting (0 = in the main process)
     c.data.skip_corrupt = False  # undecodable images: error (False) or replace/skip and count (True)
@@ -141,7 +143,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if bad:
         msgs = [f"unknown config key '{k}'.{_suggest(k, valid)}" for k in bad]
         raise ConfigError("; ".join(msgs) + " Valid keys are listed in jaxdml/config.py (default_config).")
-    if cfg.train.batch_size % cfg.data.samples_per_class:
+    if cfg.data.sampler not in ("m_per_class", "one_per_class", "hierarchical"):
+        raise ConfigError(f"data.sampler={cfg.data.sampler!r}: use 'm_per_class', 'one_per_class' or 'hierarchical'.")
+    if cfg.data.sampler != "one_per_class" and cfg.train.batch_size % cfg.data.samples_per_class:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is not a multiple of "
             f"data.samples_per_class={cfg.data.samples_per_class}; choose e.g. "

@@ -8,9 +8,10 @@ import subprocess
 import jax
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 from train_helpers import REPO, cli, tiny_config
 
-from jaxdml.train.checkpoint import Checkpointer
+from jaxdml.train.checkpoint import Checkpointer, abstract_like
 from jaxdml.train.loop import Trainer, TrainingDivergedError, train_and_evaluate
 from jaxdml.train.writers import read_metrics
 
@@ -143,3 +144,26 @@ def test_real_dataset_path_trains_and_evaluates_on_mock_data(tmp_path):
         summary = train_and_evaluate(tiny_config(**overrides), tmp_path)
     for key in ("precision_at_1", "map_at_r", "recall_at_1"):
         assert 0.0 <= summary["final"][key] <= 1.0
+
+
+def test_proxy_loss_with_one_per_class_batches_and_backbone_warm_up(tmp_path):
+    cfg = tiny_config(**{"train.num_steps": 3, "train.batch_size": 16, "data.sampler": "one_per_class",
+                         "eval.at_start": False, "train.checkpoint_every": 1, "train.keep_checkpoints": 5})
+    cfg.loss.name, cfg.loss.kwargs = "proxy_anchor", ConfigDict()
+    cfg.optim.freeze_backbone_steps, cfg.optim.lr_mult.loss = 2, 100.0
+    initial = Trainer(cfg, tmp_path / "init")
+    initial.writer.close()
+    initial.checkpointer.close()
+    start = jax.device_get(initial.state)
+    train_and_evaluate(cfg, tmp_path / "run")
+    states = {}
+    for step in (2, 3):
+        checkpointer = Checkpointer(tmp_path / "run" / "checkpoints", keep=5, selection_metric="map_at_r")
+        states[step], _ = checkpointer.restore(step, abstract_like(initial.state))
+        checkpointer.close()
+    assert start.params["loss"]["proxy_anchor"]["proxies"].shape == (50, 16)
+    kernel = lambda s: np.asarray(s.params["backbone"]["stage1_0_conv"]["kernel"])
+    np.testing.assert_array_equal(kernel(states[2]), kernel(start))  # frozen for the first two steps
+    assert not np.array_equal(kernel(states[3]), kernel(start))
+    assert not np.array_equal(np.asarray(states[2].params["loss"]["proxy_anchor"]["proxies"]),
+                              np.asarray(start.params["loss"]["proxy_anchor"]["proxies"]))

@@ -40,5 +40,5 @@ def pool(features: jnp.ndarray, kind: str) -> jnp.ndarray:
 
 def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndarray:
     """x / max(||x||, eps), as torch.nn.functional.normalize (finite gradient at 0)."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-    return x / jnp.maximum(norm, eps)
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=axis, keepdims=True), eps * eps))
+    return x / norm

@@ -99,9 +99,10 @@ class Objective:
                    pair_mask: jnp.ndarray | None = None) -> jnp.ndarray:
         kwargs = dict(term.kwargs)
         if self.miner is not None:
+            # Mine among the pairs that exist (filled memory slots, no self pairs), as PML's CrossBatchMemory.
             mined = self.miner(jax.lax.stop_gradient(embeddings), labels,
                                None if ref_embeddings is None else jax.lax.stop_gradient(ref_embeddings),
-                               ref_labels)
+                               ref_labels, pair_mask=pair_mask)
             if isinstance(mined, jnp.ndarray):  # a pair mask
                 pair_mask = mined if pair_mask is None else pair_mask & mined
             else:  # a lazy triplet selection, for triplet losses

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import jax.numpy as jnp
 
-from jaxdml.losses import pair
+from jaxdml.losses import miners, pair, proxy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +31,10 @@ class LossSpec:
 LOSSES: dict[str, LossSpec] = {
     "contrastive": LossSpec(pair.contrastive_loss, "pair", pml="ContrastiveLoss"),
     "multi_similarity": LossSpec(pair.multi_similarity_loss, "pair", pml="MultiSimilarityLoss"),
+    **{name: LossSpec(fn, "proxy", init) for name, (fn, init) in proxy.PROXY_LOSSES.items()},
 }
 
-MINERS: dict[str, Callable[..., Any]] = {}
+MINERS: dict[str, Callable[..., Any]] = miners.MINERS
 
 # Keyword arguments the framework supplies; never hyper-parameters of a config.
 _RESERVED = {"pair_mask", "triplets"}

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxdml.config import ConfigError, validate
 from jaxdml.data import pipeline
 from jaxdml.data.datasets import DataSplits, load_data
-from jaxdml.data.sampler import MPerClassSampler
+from jaxdml.data.sampler import HierarchicalSampler, MPerClassSampler, OnePerClassSampler
 from jaxdml.data.sources import Source, num_classes
 from jaxdml.eval import retrieval_metrics
 from jaxdml.losses import make_objective
@@ -140,6 +140,21 @@ def _format(metrics: dict[str, float]) -> str:
     return "  ".join(f"{names.get(k, k.replace('recall_at_', 'R@'))}={100 * metrics[k]:.2f}" for k in keys)
 
 
+def build_sampler(cfg: ml_collections.ConfigDict, train: Source):
+    """The batch sampler ``cfg.data.sampler`` names, over the training source."""
+    d, batch_size = cfg.data, cfg.train.batch_size
+    if d.sampler == "one_per_class":
+        return OnePerClassSampler(train.labels, batch_size, seed=cfg.seed)
+    if d.sampler == "hierarchical":
+        super_labels = getattr(train, "super_labels", None)
+        if super_labels is None:
+            raise ConfigError(f"data.sampler='hierarchical' needs super-class labels, which {train.name} does not "
+                              f"have (stanford_online_products has them, with data.val_fraction=0).")
+        return HierarchicalSampler(train.labels, super_labels, batch_size, d.samples_per_class,
+                                   d.super_classes_per_batch, seed=cfg.seed)
+    return MPerClassSampler(train.labels, batch_size // d.samples_per_class, d.samples_per_class, seed=cfg.seed)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingSetup:
     """What a config trains: its model, the initial state and the jitted, sharded train step."""
@@ -185,8 +200,7 @@ class Trainer:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
                               f"{mesh.devices.size} devices; use a multiple of {mesh.devices.size}.")
         self.data: DataSplits = load_data(cfg.data)
-        self.sampler = MPerClassSampler(self.data.train.labels, cfg.train.batch_size // cfg.data.samples_per_class,
-                                        cfg.data.samples_per_class, seed=cfg.seed)
+        self.sampler = build_sampler(cfg, self.data.train)
         setup = build_training(cfg, mesh, num_classes(self.data.train))
         self.state: TrainState = setup.state
         self.train_step, self.batch_sharding = setup.train_step, setup.batch_sharding
