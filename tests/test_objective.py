@@ -8,7 +8,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from jaxdml.config import default_config
-from jaxdml.losses import make_loss, make_objective, zero_shot_loss
+from jaxdml.losses import LOSSES, MINERS, make_loss, make_objective, zero_shot_loss
 from jaxdml.losses.zsr import class_disjoint_halves
 
 
@@ -138,4 +138,58 @@ def test_weighted_sum_of_terms():
     assert set(metrics) == {"contrastive_loss", "ms_loss"}
     cfg.extra_terms = ConfigDict({"ms": {"name": "multi_similarty"}})
     with pytest.raises(ValueError, match="Did you mean multi_similarity"):
+        make_objective(cfg, num_classes=4, embedding_dim=5, batch_size=8)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_registered_loss_trains_through_the_objective(name):
+    """Each loss by name: jit, finite value and gradients (embeddings and loss parameters), with a memory
+    where the loss allows one."""
+    cfg = default_config().loss
+    cfg.name = name
+    if name == "margin":
+        cfg.kwargs = ConfigDict({"learn_beta": True, "num_classes": 6})
+    xbm = 0 if name == "n_pairs" else 2
+    cfg.xbm.batches, cfg.xbm.start_step = xbm, 1
+    objective = make_objective(cfg, num_classes=6, embedding_dim=5, batch_size=8)
+    params, state = objective.init(jax.random.key(0))
+    labels = jnp.asarray([0, 0, 1, 1, 2, 2, 5, 5])
+    rng = np.random.default_rng(5)
+
+    @jax.jit
+    def step(x, params, state, step):
+        def loss_fn(x, params):
+            loss, new_state, _ = objective({"embedding": x}, labels, params, state, step)
+            return loss, new_state
+        (loss, new_state), grads = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(x, params)
+        return loss, new_state, grads
+
+    for i in range(3):
+        x = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
+        loss, state, (gx, gp) = step(x, params, state, jnp.asarray(i))
+        assert np.isfinite(float(loss)) and np.isfinite(np.asarray(gx)).all()
+        assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(gp))
+    if name == "margin":
+        assert params["margin"]["beta"].shape == (6,) and float(jnp.abs(gp["margin"]["beta"]).max()) > 0
+
+
+@pytest.mark.parametrize("miner", sorted(MINERS))
+def test_configured_miner_feeds_its_selection_to_the_loss(miner):
+    cfg = default_config().loss
+    cfg.name = "triplet_margin" if miner == "triplet_margin" else "contrastive"
+    cfg.miner.name = miner
+    objective = make_objective(cfg, num_classes=4, embedding_dim=5, batch_size=8)
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(8, 5)), jnp.float32)
+    labels = jnp.asarray([0, 0, 1, 1, 2, 2, 3, 3])
+    mined = MINERS[miner](x, labels)
+    selection = {"triplets": mined} if miner == "triplet_margin" else {"pair_mask": mined}
+    expected = LOSSES[cfg.name].fn(x, labels, **selection)
+    np.testing.assert_allclose(float(objective({"embedding": x}, labels, {}, {}, jnp.asarray(0))[0]),
+                               float(expected), rtol=1e-6)
+
+
+def test_memory_with_losses_that_need_the_batch_is_refused():
+    cfg = default_config().loss
+    cfg.name, cfg.xbm.batches = "n_pairs", 2
+    with pytest.raises(ValueError, match="cannot use a cross-batch memory"):
         make_objective(cfg, num_classes=4, embedding_dim=5, batch_size=8)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxdml.losses import pair
 from jaxdml.losses.registry import LossSpec, check_kwargs, loss_spec, miner_fn
 from jaxdml.losses.zsr import zero_shot_loss
 
@@ -107,8 +108,9 @@ class Objective:
                 pair_mask = mined if pair_mask is None else pair_mask & mined
             else:  # a lazy triplet selection, for triplet losses
                 kwargs["triplets"] = mined
-        return term.spec.fn(embeddings, labels, ref_embeddings, ref_labels, pair_mask=pair_mask, **term_params,
-                            **kwargs)
+        # Trainable parameters passed by keyword (e.g. the margin loss's beta) override their configured start.
+        return term.spec.fn(embeddings, labels, ref_embeddings, ref_labels, pair_mask=pair_mask,
+                            **{**kwargs, **term_params})
 
     def _enqueue(self, state: dict[str, Any], embeddings: jnp.ndarray, labels: jnp.ndarray
                  ) -> tuple[dict[str, Any], jnp.ndarray]:
@@ -145,6 +147,12 @@ def make_objective(cfg: ml_collections.ConfigDict, *, num_classes: int, embeddin
         terms.append(_term(key, extra["name"], dict(extra.get("kwargs", {})), extra.get("weight", 1.0)))
     if len({t.name for t in terms}) != len(terms):
         raise ValueError(f"loss terms need distinct names; got {[t.name for t in terms]}")
+    if cfg.xbm.batches:
+        for term in terms:
+            if term.spec.fn is pair.n_pairs_loss or (term.spec.fn is pair.triplet_margin_loss
+                                                     and term.kwargs.get("swap")):
+                raise ValueError(f"loss term {term.name!r} cannot use a cross-batch memory (n-pairs and triplet "
+                                 f"swap need the batch as reference); set loss.xbm.batches=0.")
     miner = miner_fn(cfg.miner.name, cfg.miner.kwargs.to_dict()) if cfg.miner.name else None
     return Objective(tuple(terms), num_classes, embedding_dim, miner=miner, xbm_size=cfg.xbm.batches * batch_size,
                      xbm_start_step=cfg.xbm.start_step, zsr_weight=cfg.zsr.weight, zsr_ridge=cfg.zsr.ridge,

@@ -6,8 +6,8 @@ Each anchor of the batch is paired with every item of a reference set: by defaul
 labels. Embeddings are L2-normalised inside (PML's default distances do the same), so raw vectors are accepted.
 
 Every loss here has the signature ``loss(embeddings, labels, ref_embeddings=None, ref_labels=None, *,
-pair_mask=None, **hyper_parameters) -> scalar`` (defaults = PML's), is jit-able with static shapes, and needs
-O(B M) memory (triplet losses: O(M²) more, one slab of anchors at a time, never B M²). A ``pair_mask`` plays
+pair_mask=None, **hyper_parameters) -> scalar`` (defaults = PML's; hyper-parameters are static Python values), is
+jit-able with static shapes, and needs O(B M) memory, triplet losses included (never B M²). A ``pair_mask`` plays
 the role of a PML miner's pair tuple ``(a1, p, a2, n)``: the positive pairs are the allowed equal-label pairs,
 the negative pairs the allowed different-label ones, and triplet losses use the triplets (a, p, n) with both
 (a, p) and (a, n) allowed (PML's ``convert_to_triplets``).
@@ -164,8 +164,9 @@ def _tighter(a: _Bound | None, b: _Bound | None, upper: bool) -> _Bound | None:
 class TripletSelection:
     """The triplets PML's ``TripletMarginMiner(margin, type_of_triplets=kind)`` keeps, described lazily.
 
-    A miner returns this instead of a (B, M, M) mask; the triplet losses apply it anchor by anchor. With
-    triplet_margin = d(a, n) - d(a, p) (LpDistance of the normalised embeddings, as the miner's default):
+    A miner returns this instead of a (B, M, M) mask, and ``triplet_margin_loss`` / ``margin_loss(...,
+    triplets=...)`` apply it without materialising the triplets. ``margin`` is the miner's own, independent of the
+    loss's. With triplet_margin = d(a, n) - d(a, p) (LpDistance of the normalised embeddings, the miner's default):
     ``"all"`` keeps triplet_margin <= margin, ``"hard"`` additionally <= 0, ``"semihard"`` additionally > 0,
     ``"easy"`` keeps triplet_margin > margin. Candidates are the triplets of ``pair_mask`` (all triplets of the
     batch or the memory if None). Static (hashable, a pytree without leaves), so it can cross ``jit``.

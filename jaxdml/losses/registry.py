@@ -28,10 +28,23 @@ class LossSpec:
     pml: str = ""  # the pytorch-metric-learning class it is tested against
 
 
+_PML_PROXY = {"proxy_nca": "ProxyNCALoss", "proxy_nca_pp": "ProxyNCALoss(softmax_scale=1/T)",
+              "proxy_anchor": "ProxyAnchorLoss", "soft_triple": "SoftTripleLoss",
+              "normalized_softmax": "NormalizedSoftmaxLoss", "cosface": "CosFaceLoss", "arcface": "ArcFaceLoss"}
+
 LOSSES: dict[str, LossSpec] = {
     "contrastive": LossSpec(pair.contrastive_loss, "pair", pml="ContrastiveLoss"),
     "multi_similarity": LossSpec(pair.multi_similarity_loss, "pair", pml="MultiSimilarityLoss"),
-    **{name: LossSpec(fn, "proxy", init) for name, (fn, init) in proxy.PROXY_LOSSES.items()},
+    "triplet_margin": LossSpec(pair.triplet_margin_loss, "pair", pml="TripletMarginLoss"),
+    "margin": LossSpec(pair.margin_loss, "pair", init=pair.margin_loss_init, pml="MarginLoss"),
+    "lifted_structure": LossSpec(pair.lifted_structure_loss, "pair", pml="LiftedStructureLoss"),
+    "generalized_lifted_structure": LossSpec(pair.generalized_lifted_structure_loss, "pair",
+                                             pml="GeneralizedLiftedStructureLoss"),
+    "n_pairs": LossSpec(pair.n_pairs_loss, "pair", pml="NPairsLoss"),
+    "circle": LossSpec(pair.circle_loss, "pair", pml="CircleLoss"),
+    "supcon": LossSpec(pair.supcon_loss, "pair", pml="SupConLoss"),
+    "ntxent": LossSpec(pair.ntxent_loss, "pair", pml="NTXentLoss"),
+    **{name: LossSpec(fn, "proxy", init, pml=_PML_PROXY[name]) for name, (fn, init) in proxy.PROXY_LOSSES.items()},
 }
 
 MINERS: dict[str, Callable[..., Any]] = miners.MINERS
@@ -65,11 +78,7 @@ def _check(fn: Callable[..., Any], owner: str, kwargs: dict[str, Any], exclude: 
 
 def check_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """``kwargs`` if every key is a hyper-parameter of loss ``name``; else an error naming the bad key."""
-    spec = loss_spec(name)
-    trainable = set()
-    if spec.init is not None and spec.kind == "pair":  # parameters passed by keyword come from the state
-        trainable = set(inspect.signature(spec.fn).parameters) & {"beta"}
-    return _check(spec.fn, f"loss {name!r} (config.loss.kwargs)", kwargs, trainable)
+    return _check(loss_spec(name).fn, f"loss {name!r} (config.loss.kwargs)", kwargs, set())
 
 
 def make_loss(name: str, kwargs: Mapping[str, Any] | None = None) -> Callable[..., jnp.ndarray]:
