@@ -441,11 +441,15 @@ def n_pairs_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: j
     index = jnp.arange(labels.shape[0])
     earlier_same = (labels[:, None] == labels[None, :]) & (index[None, :] < index[:, None]) & has_pos[None, :]
     chosen = has_pos & ~jnp.any(earlier_same, axis=1)
+    # At most B // 2 pairs exist: gather them to the front so the logits are (B/2, B/2), not (B, B).
+    slots = max(1, labels.shape[0] // 2)
+    rows = jnp.argsort(~chosen, stable=True)[:slots]
+    valid = chosen[rows]
     x = l2_normalize(embeddings)
-    positives = x[jnp.argmax(pos, axis=1)]
-    logits = jnp.matmul(x, positives.T, precision=_HIGHEST)
-    cross_entropy = _masked_logsumexp(logits, chosen[None, :]) - jnp.diagonal(logits)
-    return jnp.sum(jnp.where(chosen, cross_entropy, 0.0)) / jnp.maximum(jnp.sum(chosen), 1)
+    anchors, positives = x[rows], x[jnp.argmax(pos, axis=1)[rows]]
+    logits = jnp.matmul(anchors, positives.T, precision=_HIGHEST)
+    cross_entropy = _masked_logsumexp(logits, valid[None, :]) - jnp.diagonal(logits)
+    return jnp.sum(jnp.where(valid, cross_entropy, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
 # ------------------------------------------------------------------------------------------------------ circle
