@@ -39,8 +39,9 @@ def get_config(dataset: str, pooling: str = "gsp"):
     config.model.gsp.gem = True
     config.loss.name = "contrastive"
     config.loss.kwargs.distance = "cosine"
-    config.loss.kwargs.pos_margin = 1.0  # positives: 1 - s
+    config.loss.kwargs.pos_margin = 1.0 - 1e-5  # positives: [1 - 1e-5 - s]+, as the TF original_contrastive
     config.loss.kwargs.neg_margin = 0.5  # negatives: [s - 0.5]+
+    config.loss.kwargs.reduction = "sum_per_anchor"  # sum of pair terms / batch size (TF code's C1)
     config.loss.xbm.batches = xbm_batches
     config.loss.xbm.start_step = 1000
     config.loss.zsr.weight = 0.1 if pooling == "gsp" else 0.0
