@@ -5,9 +5,11 @@ Released recipe (TF framework, sample_runs.sh: ``--loss=zsr/xbm/original_contras
 ratio 0.3, gamma 5, prototypes by greedy k-center over 1,024 GAP embeddings; C1 contrastive loss (cosine
 similarity, negatives above 0.5 penalised) inside a cross-batch memory of 25 / 1,400 / 400 batches (CUB & Cars /
 SOP / In-Shop) from step 1,000; 0.9 * L_C1 + 0.1 * L_ZSR. Here on the conventional single-model protocol with
-ResNet-50 (512-d, frozen BN, 28 x 4 batches, Adam, weight decay 4e-4 off BN/biases, GeM over the GSP-weighted
-features as the release's resnet50 configs), since BN-Inception and pretrained-weight import arrive with the
-backbones issue. The GAP twin changes only the pooling (and drops ZSR, which needs GSP's attributes).
+ResNet-50 (ImageNet weights from ``weights/resnet50``, made by ``python -m jaxdml.models.convert``; 512-d,
+frozen BN, 28 x 4 batches, Adam, weight decay 4e-4 off BN/biases, GeM over the GSP-weighted features as the
+release's resnet50 configs). Images are decoded once into the image cache (``data.cache_dir``). The GAP twin
+changes only the pooling (and drops ZSR, which needs GSP's attributes). For the release's BN-Inception
+(MLRC protocol) set ``model.backbone=bninception``, ``data.image_size=227`` and its converted weights.
 """
 
 from jaxdml.config import default_config
@@ -28,7 +30,9 @@ def get_config(dataset: str, pooling: str = "gsp"):
     config.data.image_size, config.data.resize_size = 224, 256
     config.data.samples_per_class = 4
     config.data.num_workers = 8
+    config.data.cache_dir = "default"  # <TFDS data_dir>/jaxdml_cache
     config.model.backbone = "resnet50"
+    config.model.pretrained = "weights/resnet50"  # python -m jaxdml.models.convert --arch resnet50 ...
     config.model.embedding_dim = 512
     config.model.freeze_bn = True
     config.model.pooling = pooling

@@ -5,13 +5,16 @@ Prepare the data once (needs TensorFlow: pip install -e '.[prepare]'):
 
     python -m jaxdml.data.prepare --dataset caltech_birds2011
 
-then:
+and the ImageNet ResNet-50 weights once (torchvision's IMAGENET1K_V1 file; needs torch):
+
+    python -m jaxdml.models.convert --arch resnet50 --src resnet50-0676ba61.pth --out weights/resnet50
+
+then (from the repository root):
 
     python -m jaxdml.main --config experiments/gsp_cub.py --workdir runs/gsp_cub
 
-Expected run time and numbers: not measured yet (no dataset or GPU on the development machines; ResNet-50
-starts from random weights until pretrained-weight import lands, so results are not comparable to papers
-before that). The GSP paper's tables are not in our reference material; for orientation only:
+Expected run time and numbers: not measured yet (no dataset, weights or GPU on the development machines).
+The GSP paper's tables are not in our reference material; for orientation only:
 Intra-Batch ResNet-50/512 R@1 70.3; Proxy-Anchor 69.9 (conventional protocol, pretrained).
 """
 

@@ -40,10 +40,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.super_classes_per_batch = 2  # hierarchical: super-classes per batch
     c.data.val_fraction = 0.0  # last fraction of the training classes held out for model selection
     c.data.num_workers = 0  # grain worker processes for decoding/augmenting (0 = in the main process)
+    # Decode-once image cache (jaxdml.data.cache) for real datasets: decoded images, shorter side data.resize_size,
+    # in one memory-mapped file per split shared by all workers. None = off; "default" = <TFDS data_dir>/jaxdml_cache.
+    c.data.cache_dir = config_dict.placeholder(str)
     c.data.skip_corrupt = False  # undecodable images: error (False) or replace/skip and count (True)
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "small_cnn"  # see jaxdml.models.BACKBONES
+    # Backbone weights: a directory from `python -m jaxdml.models.convert` or a PyTorch .pth (needs torch).
+    c.model.pretrained = config_dict.placeholder(str)
     c.model.width = 32  # small_cnn: channels of the first stage
     c.model.embedding_dim = 128
     c.model.pooling = "gap"  # gap | gmp | gap+gmp | gsp
@@ -150,6 +155,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"train.batch_size={cfg.train.batch_size} is not a multiple of "
             f"data.samples_per_class={cfg.data.samples_per_class}; choose e.g. "
             f"train.batch_size={cfg.train.batch_size // cfg.data.samples_per_class * cfg.data.samples_per_class}.")
+    if cfg.model.pretrained and cfg.model.backbone == "small_cnn":
+        raise ConfigError("model.pretrained is set, but small_cnn has no pretrained weights; set model.backbone to "
+                          "one of resnet18/34/50/101 or bninception.")
     if cfg.model.compute_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"model.compute_dtype={cfg.model.compute_dtype!r}: use 'float32' or 'bfloat16'.")
     if not 0.0 <= cfg.data.val_fraction < 1.0:

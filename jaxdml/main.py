@@ -41,6 +41,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     del argv
     from jaxdml.data.sources import CorruptRecordError, DatasetNotPreparedError
+    from jaxdml.models.convert import ConversionError
     from jaxdml.train.loop import Interrupted, TrainingDivergedError, train_and_evaluate
 
     logging.set_verbosity(logging.WARNING)
@@ -49,7 +50,8 @@ def main(argv: list[str]) -> None:
     except Interrupted as stop:
         print(str(stop), file=sys.stderr)
         sys.exit(128 + stop.signum)
-    except (ConfigError, DatasetNotPreparedError, TrainingDivergedError, CorruptRecordError) as error:
+    except (ConfigError, DatasetNotPreparedError, TrainingDivergedError, CorruptRecordError,
+            ConversionError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 

@@ -17,7 +17,8 @@ GSP_CARS = REPO / "experiments" / "gsp_cars.py"
 
 # The recipe as users run it, shrunk: small CNN, 32x32, GSP active after two steps, XBM from step 0.
 TINY_GSP = {
-    "model.backbone": "small_cnn", "model.width": 8, "model.embedding_dim": 16, "model.gsp.num_prototypes": 4,
+    "model.backbone": "small_cnn", "model.pretrained": None, "model.width": 8, "model.embedding_dim": 16,
+    "model.gsp.num_prototypes": 4, "data.cache_dir": None,
     "model.gsp.memory_size": 16, "data.image_size": 32, "data.resize_size": 36, "data.num_workers": 0,
     "data.samples_per_class": 2, "train.batch_size": 8, "train.num_steps": 4, "train.log_every": 1,
     "train.eval_every": 4, "train.checkpoint_every": 2, "train.progress_bar": False, "loss.xbm.batches": 2,
@@ -45,7 +46,7 @@ def restored_state(cfg, workdir):
 
 def test_gsp_cars_trains_and_evaluates_on_mock_data(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
-    cfg = configure(GSP_CARS, TINY_GSP)
+    cfg = configure(GSP_CARS, {**TINY_GSP, "data.cache_dir": str(tmp_path / "image_cache")})
     with tfds.testing.mock_data(num_examples=60):
         summary = train_and_evaluate(cfg, tmp_path)
         state = restored_state(cfg, tmp_path)
@@ -55,6 +56,7 @@ def test_gsp_cars_trains_and_evaluates_on_mock_data(tmp_path):
     assert bool(state.model_state["gsp"]["head"]["ready"]), "prototypes initialised from the GAP memory"
     assert state.params["loss"]["class_embeddings"].shape[1] == 16
     assert int(state.loss_state["position"]) == (4 * 8) % 16
+    assert len(list((tmp_path / "image_cache").glob("*.u8"))) == 2  # train and test decoded once
 
 
 def test_gsp_cars_without_data_prints_the_prepare_command(tmp_path):

@@ -55,10 +55,28 @@ def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
     assert np.min(np.sum(np.asarray(a) * np.asarray(b), axis=1)) > 0.99  # cosine similarity
 
 
-def test_frozen_bn_uses_and_keeps_running_statistics():
-    images = jax.random.randint(jax.random.key(1), (4, 16, 16, 3), 0, 256).astype(jnp.uint8)
+@pytest.mark.parametrize("size", [224, 227])
+def test_bninception_size_names_and_feature_map(size):
+    # The pretrainedmodels port has 11,295,240 parameters, 1,025,000 of them in its classifier (last_linear).
+    model = model_for(backbone="bninception")
+    images = jnp.zeros((2, size, size, 3), jnp.uint8)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images))
+    backbone = variables["params"]["backbone"]
+    assert sum(x.size for x in jax.tree.leaves(backbone)) == 11_295_240 - 1_025_000
+    assert {"conv1_7x7_s2", "conv1_7x7_s2_bn", "inception_3c_double_3x3_2_bn", "inception_5b_pool_proj"} <= set(
+        backbone)
+    assert "inception_3c_1x1" not in backbone and "inception_4e_pool_proj" not in backbone  # stride-2 blocks
+    fmap = jax.eval_shape(lambda v: model.apply(v, model.normalize(images), method=lambda m, x: m.backbone(x)),
+                          variables)
+    assert fmap.shape == (2, 7, 7, 1024)
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "bninception"])
+def test_frozen_bn_uses_and_keeps_running_statistics(backbone):
+    size = 16 if backbone == "small_cnn" else 64
+    images = jax.random.randint(jax.random.key(1), (4, size, size, 3), 0, 256).astype(jnp.uint8)
     for freeze, changes in ((True, False), (False, True)):
-        model = model_for(width=8, freeze_bn=freeze)
+        model = model_for(width=8, freeze_bn=freeze, backbone=backbone)
         variables = model.init(jax.random.key(0), images)
         _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
         moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], updates["batch_stats"])

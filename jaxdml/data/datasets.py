@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import ml_collections
 
@@ -36,5 +37,20 @@ def load_data(cfg: ml_collections.ConfigDict) -> DataSplits:
 
         splits = load_dataset(cfg.name, cfg.data_dir)
         train, query, reference = splits.train, splits.query, splits.reference
+        if cfg.cache_dir:
+            from jaxdml.data.cache import cached
+
+            directory = cache_directory(cfg.cache_dir, cfg.data_dir)
+            train, query = (cached(s, cfg.resize_size, directory, cfg.num_workers) for s in (train, query))
+            if reference is not None:
+                reference = cached(reference, cfg.resize_size, directory, cfg.num_workers)
     train, val = split_validation_classes(train, cfg.val_fraction)
     return DataSplits(train, val, query, reference)
+
+
+def cache_directory(cache_dir: str, data_dir: str | None) -> str:
+    """``data.cache_dir``, with ``"default"`` meaning ``<TFDS data_dir>/jaxdml_cache``."""
+    if cache_dir != "default":
+        return cache_dir
+    root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    return os.path.join(root, "jaxdml_cache")

@@ -1,8 +1,8 @@
 """Backbones, heads and the embedding model."""
 
-from jaxdml.models.backbones import BACKBONES, BackboneSpec, ResNet, SmallCNN, backbone_spec
+from jaxdml.models.backbones import BACKBONES, BackboneSpec, BNInception, ResNet, SmallCNN, backbone_spec
 from jaxdml.models.heads import EmbeddingHead, GSPHead
 from jaxdml.models.model import EmbeddingModel, build_model
 
-__all__ = ["BACKBONES", "BackboneSpec", "EmbeddingHead", "EmbeddingModel", "GSPHead", "ResNet", "SmallCNN",
-           "backbone_spec", "build_model"]
+__all__ = ["BACKBONES", "BNInception", "BackboneSpec", "EmbeddingHead", "EmbeddingModel", "GSPHead", "ResNet",
+           "SmallCNN", "backbone_spec", "build_model"]

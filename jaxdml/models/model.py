@@ -27,9 +27,14 @@ class EmbeddingModel(nn.Module):
     std: tuple[float, float, float]
     dtype: Any = jnp.float32
     freeze_bn: bool = False
+    input_range: float = 1.0  # 255 for Caffe-style networks
+    bgr: bool = False  # the network expects BGR channels
 
     def normalize(self, images: jnp.ndarray) -> jnp.ndarray:
-        x = images.astype(jnp.float32) / 255.0
+        """uint8 RGB -> the backbone's input convention (see :class:`~jaxdml.models.backbones.BackboneSpec`)."""
+        x = images.astype(jnp.float32) * (self.input_range / 255.0)
+        if self.bgr:
+            x = x[..., ::-1]
         x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
         return x.astype(self.dtype)
 
@@ -67,4 +72,5 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> EmbeddingModel:
     spec = backbone_spec(model_cfg.backbone)
     dtype = jnp.bfloat16 if model_cfg.compute_dtype == "bfloat16" else jnp.float32
     backbone = spec.build(dtype, width=model_cfg.width)
-    return EmbeddingModel(backbone, build_head(model_cfg, dtype), spec.mean, spec.std, dtype, model_cfg.freeze_bn)
+    return EmbeddingModel(backbone, build_head(model_cfg, dtype), spec.mean, spec.std, dtype, model_cfg.freeze_bn,
+                          spec.input_range, spec.bgr)

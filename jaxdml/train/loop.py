@@ -32,6 +32,7 @@ from jaxdml.data.sources import Source, num_classes
 from jaxdml.eval import retrieval_metrics
 from jaxdml.losses import make_objective
 from jaxdml.models import build_model
+from jaxdml.models.convert import check_fits, load_pretrained
 from jaxdml.train.checkpoint import Checkpointer, abstract_like
 from jaxdml.train.optim import make_optimizer
 from jaxdml.train.step import TrainState, init_state, init_variables, make_embed_step, make_train_step
@@ -181,9 +182,28 @@ def build_training(cfg: ml_collections.ConfigDict, mesh: Mesh, num_train_classes
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     state_sharding = jax.tree.map(lambda _: replicated, jax.eval_shape(create))
     state = jax.jit(create, out_shardings=state_sharding)()
+    if cfg.model.pretrained:
+        state = _with_pretrained_backbone(state, cfg.model, state_sharding)
     train_step = jax.jit(make_train_step(model, objective, tx), in_shardings=(state_sharding, batch_sharding),
                          out_shardings=(state_sharding, replicated), donate_argnums=(0,))
     return TrainingSetup(model, state, state_sharding, batch_sharding, train_step)
+
+
+def _with_pretrained_backbone(state: TrainState, model_cfg: ml_collections.ConfigDict, sharding: Any
+                              ) -> TrainState:
+    """``state`` with the backbone's parameters and BatchNorm statistics from ``model.pretrained``.
+
+    Only the values change, so the optimiser state (zeros at step 0) stays valid.
+    """
+    loaded = load_pretrained(model_cfg.pretrained, model_cfg.backbone)
+    expected = {"params": state.params["backbone"], "batch_stats": state.model_state["batch_stats"]["backbone"]}
+    check_fits(loaded, expected, model_cfg.pretrained)
+    params = {**state.params, "backbone": loaded["params"]}
+    model_state = {**state.model_state,
+                   "batch_stats": {**state.model_state["batch_stats"], "backbone": loaded["batch_stats"]}}
+    state = state.replace(params=params, model_state=model_state)
+    log.info("backbone weights from %s", model_cfg.pretrained)
+    return jax.device_put(state, sharding)
 
 
 class Trainer:
