@@ -1,0 +1,1 @@
+"""Knowledge distillation: teacher artefacts, the distillation model and objective (LeTKD, KD, FitNet)."""
