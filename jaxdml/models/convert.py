@@ -1,4 +1,5 @@
-"""Imports PyTorch backbone checkpoints (torchvision ResNets, the ``pretrainedmodels`` BN-Inception) exactly.
+"""Imports PyTorch checkpoints exactly: torchvision ResNets and the ``pretrainedmodels`` BN-Inception (DML
+backbones, ImageNet classifier dropped) and the KD code base's CIFAR classifiers (``fc`` kept: teachers).
 
     python -m jaxdml.models.convert --arch resnet50 --src resnet50-11ad3fa6.pth --out weights/resnet50
 
@@ -28,11 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdml.models.backbones import BACKBONES, backbone_spec
+from jaxdml.models.cifar import CIFAR_NETWORKS, cifar_network
 
 METADATA_FILE = "jaxdml_pretrained.json"
-# The ImageNet classifier of each architecture: in the checkpoint, never in the backbone.
+# The ImageNet classifier of each DML backbone: in the checkpoint, never in the backbone.
 CLASSIFIER_PREFIXES = {"resnet": "fc.", "bninception": "last_linear."}
-CONVERTIBLE = tuple(name for name in BACKBONES if name != "small_cnn")
+CONVERTIBLE = tuple(name for name in BACKBONES if name != "small_cnn") + tuple(CIFAR_NETWORKS)
 
 
 class ConversionError(ValueError):
@@ -40,7 +42,11 @@ class ConversionError(ValueError):
 
 
 def _torch_module(arch: str, flax_module: str) -> str:
-    """Flax module name -> PyTorch module path (``layer1_0`` -> ``layer1.0``, ``downsample_bn`` -> ``downsample.1``)."""
+    """Flax module name -> PyTorch module path (``layer1_0`` -> ``layer1.0``, ``downsample_bn`` -> ``downsample.1``,
+    WRN ``block1_0`` -> ``block1.layer.0``)."""
+    if arch.startswith("wrn_"):
+        match = re.fullmatch(r"block(\d+)_(\d+)", flax_module)
+        return f"block{match[1]}.layer.{match[2]}" if match else flax_module
     if not arch.startswith("resnet"):
         return flax_module
     match = re.fullmatch(r"layer(\d+)_(\d+)", flax_module)
@@ -60,13 +66,29 @@ def torch_key(arch: str, collection: str, path: Sequence[str]) -> str:
 
 
 def _to_flax(value: np.ndarray, leaf: str) -> np.ndarray:
-    return np.transpose(value, (2, 3, 1, 0)) if leaf == "kernel" and value.ndim == 4 else value
+    """PyTorch layout -> Flax layout: conv OIHW -> HWIO, linear (out, in) -> (in, out)."""
+    if leaf == "kernel" and value.ndim == 4:
+        return np.transpose(value, (2, 3, 1, 0))
+    if leaf == "kernel" and value.ndim == 2:
+        return value.T
+    return value
 
 
-def backbone_shapes(arch: str) -> dict[str, Any]:
-    """``{"params", "batch_stats"}`` of ``arch`` as shape/dtype structs (nothing is computed)."""
-    module = backbone_spec(arch).build(jnp.float32)
-    size = 64
+def _to_torch(value: np.ndarray, leaf: str) -> np.ndarray:
+    if leaf == "kernel" and value.ndim == 4:
+        return np.transpose(value, (3, 2, 0, 1))
+    if leaf == "kernel" and value.ndim == 2:
+        return value.T
+    return value
+
+
+def backbone_shapes(arch: str, num_classes: int = 100) -> dict[str, Any]:
+    """``{"params", "batch_stats"}`` of ``arch`` as shape/dtype structs (nothing is computed); CIFAR networks
+    include their ``num_classes``-way ``fc``."""
+    if arch in CIFAR_NETWORKS:
+        module, size = cifar_network(arch, num_classes), 32
+    else:
+        module, size = backbone_spec(arch).build(jnp.float32), 64
     variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
     return flax.core.unfreeze(variables)
 
@@ -76,7 +98,8 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> tuple[dict[s
     if arch not in CONVERTIBLE:
         raise ConversionError(f"--arch {arch!r} has no PyTorch original; choose one of {list(CONVERTIBLE)}")
     state_dict = {k: np.asarray(v) for k, v in _strip_wrapper_prefix(state_dict).items()}
-    shapes = backbone_shapes(arch)
+    num_classes = int(state_dict["fc.weight"].shape[0]) if arch in CIFAR_NETWORKS and "fc.weight" in state_dict else 100
+    shapes = backbone_shapes(arch, num_classes)
     missing, misfit, used = [], [], set()
     converted: dict[str, Any] = {}
     for collection, tree in shapes.items():
@@ -95,9 +118,11 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> tuple[dict[s
                 continue
             out[path] = value.astype(np.float32)
         converted[collection] = flax.traverse_util.unflatten_dict(out)
-    classifier = CLASSIFIER_PREFIXES["resnet" if arch.startswith("resnet") else arch]
+    # DML backbones drop the ImageNet classifier; CIFAR classifiers keep theirs (nothing else is dropped).
+    family = "resnet" if arch.startswith("resnet") else arch
+    classifier = None if arch in CIFAR_NETWORKS else CLASSIFIER_PREFIXES[family]
     dropped = sorted(k for k in state_dict if k not in used
-                     and (k.startswith(classifier) or k.endswith("num_batches_tracked")))
+                     and ((classifier and k.startswith(classifier)) or k.endswith("num_batches_tracked")))
     left_over = sorted(set(state_dict) - used - set(dropped))
     problems = []
     if missing:
@@ -116,9 +141,7 @@ def export_state_dict(arch: str, variables: Mapping[str, Any]) -> dict[str, np.n
     state = {}
     for collection, tree in variables.items():
         for path, value in flax.traverse_util.flatten_dict(dict(tree)).items():
-            value = np.asarray(value)
-            state[torch_key(arch, collection, path)] = (np.transpose(value, (3, 2, 0, 1))
-                                                        if path[-1] == "kernel" and value.ndim == 4 else value)
+            state[torch_key(arch, collection, path)] = _to_torch(np.asarray(value), path[-1])
     return state
 
 
