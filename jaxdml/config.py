@@ -25,9 +25,13 @@ def default_config() -> ml_collections.ConfigDict:
     """All keys with their defaults (the embedded digits experiment runs with these)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # retrieval: metric learning (embeddings, retrieval metrics). classification: a classifier trained with
+    # cross-entropy, optionally distilled from a teacher (the `distill` section); top-1 accuracy.
+    c.task = "retrieval"
 
     c.data = ml_collections.ConfigDict()
-    # digit_pairs | digit_collage (embedded) | caltech_birds2011 | cars196 | stanford_online_products | inshop
+    # retrieval: digit_pairs | digit_collage (embedded) | caltech_birds2011 | cars196 | stanford_online_products |
+    # inshop. classification: digit_numbers (embedded) | cifar10 | cifar100
     c.data.name = "digit_pairs"
     c.data.data_dir = config_dict.placeholder(str)  # TFDS data dir; None = TFDS default (~/tensorflow_datasets)
     c.data.image_size = 224  # train crop and eval centre crop (227 for BN-Inception)
@@ -43,6 +47,8 @@ def default_config() -> ml_collections.ConfigDict:
     # Decode-once image cache (jaxdml.data.cache) for real datasets: decoded images, shorter side data.resize_size,
     # in one memory-mapped file per split shared by all workers. None = off; "default" = <TFDS data_dir>/jaxdml_cache.
     c.data.cache_dir = config_dict.placeholder(str)
+    c.data.augment = "random_resized_crop"  # random_resized_crop | pad_crop (CIFAR: pad, random crop) | none
+    c.data.crop_padding = 4  # pad_crop: pixels of zero padding on each side
     c.data.skip_corrupt = False  # undecodable images: error (False) or replace/skip and count (True)
 
     c.model = ml_collections.ConfigDict()
@@ -106,10 +112,40 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2  # latest N kept, plus the best by eval.selection_metric
     c.train.progress_bar = True
 
+    c.distill = ml_collections.ConfigDict()  # task = classification: teacher and distillation terms
+    c.distill.method = "none"  # none | kd (Hinton) | fitnet | letkd
+    c.distill.teacher_arch = ""  # e.g. resnet56 (jaxdml.models.cifar.CIFAR_NETWORKS)
+    # A converted teacher (python -m jaxdml.models.convert), a .pth of the KD code base, or a jaxdml
+    # classification workdir (its export/ directory).
+    c.distill.teacher = config_dict.placeholder(str)
+    c.distill.ce_weight = 1.0
+    c.distill.kd_weight = 0.0  # Hinton KD term (set by method = kd; also combinable with the others)
+    c.distill.kd_temperature = 4.0
+    c.distill.fitnet_weight = 100.0  # method = fitnet: MSE between the regressed student and teacher hints
+    c.distill.hint_block = "layer2_0"  # the student block FitNet reads ...
+    c.distill.teacher_hint_block = "layer2_0"  # ... and the teacher block it regresses to
+    c.distill.letkd = ml_collections.ConfigDict()  # method = letkd (letKD-1: penultimate; letKD-2: + intermediate)
+    c.distill.letkd.num_words = 4096  # K: k-means words of the teacher's last-stage features
+    c.distill.letkd.temperature = 1.0  # of the teacher's soft assignment
+    c.distill.letkd.penultimate_alpha = 1.0
+    c.distill.letkd.penultimate_weight = 1.0
+    c.distill.letkd.intermediate = True  # letKD-2
+    c.distill.letkd.student_block = "layer3_0"  # the first block of stage 3
+    c.distill.letkd.teacher_block = "layer3_0"
+    c.distill.letkd.lda_dims = 60
+    c.distill.letkd.subclasses = 8  # per class
+    c.distill.letkd.intermediate_alpha = 1.0
+    c.distill.letkd.intermediate_weight = 1.0
+    c.distill.letkd.max_points = 1_000_000  # teacher locations sampled for k-means / LDA (memory bound)
+    c.distill.template = ml_collections.ConfigDict()  # the template-matching block (no teacher)
+    c.distill.template.block = ""  # "" = none; else insert the block after this block, e.g. layer3_0
+    c.distill.template.templates_per_class = 1
+    c.distill.template.weight = 1.0
+
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256
     c.eval.ks = (1, 2, 4, 8)  # Recall@K values
-    c.eval.selection_metric = "map_at_r"  # metric that picks the best checkpoint
+    c.eval.selection_metric = "map_at_r"  # metric that picks the best checkpoint (classification: accuracy)
     c.eval.clustering = True  # NMI / AMI (k-means on the query embeddings)
     c.eval.at_start = True  # evaluate the untrained network too
     return c
@@ -148,9 +184,16 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if bad:
         msgs = [f"unknown config key '{k}'.{_suggest(k, valid)}" for k in bad]
         raise ConfigError("; ".join(msgs) + " Valid keys are listed in jaxdml/config.py (default_config).")
-    if cfg.data.sampler not in ("m_per_class", "one_per_class", "hierarchical"):
-        raise ConfigError(f"data.sampler={cfg.data.sampler!r}: use 'm_per_class', 'one_per_class' or 'hierarchical'.")
-    if cfg.data.sampler != "one_per_class" and cfg.train.batch_size % cfg.data.samples_per_class:
+    if cfg.task not in ("retrieval", "classification"):
+        raise ConfigError(f"task={cfg.task!r}: use 'retrieval' or 'classification'.")
+    if cfg.task == "classification":
+        _validate_classification(cfg)
+    if cfg.data.sampler not in ("m_per_class", "one_per_class", "hierarchical", "shuffle"):
+        raise ConfigError(f"data.sampler={cfg.data.sampler!r}: use 'm_per_class', 'one_per_class', 'hierarchical' "
+                          f"or 'shuffle'.")
+    if cfg.data.augment not in ("random_resized_crop", "pad_crop", "none"):
+        raise ConfigError(f"data.augment={cfg.data.augment!r}: use 'random_resized_crop', 'pad_crop' or 'none'.")
+    if cfg.data.sampler not in ("one_per_class", "shuffle") and cfg.train.batch_size % cfg.data.samples_per_class:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is not a multiple of "
             f"data.samples_per_class={cfg.data.samples_per_class}; choose e.g. "
@@ -163,6 +206,24 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in [0, 1).")
     return cfg
+
+
+def _validate_classification(cfg: ml_collections.ConfigDict) -> None:
+    from jaxdml.models.cifar import CIFAR_NETWORKS
+
+    d = cfg.distill
+    if cfg.model.backbone not in CIFAR_NETWORKS:
+        raise ConfigError(f"task='classification' trains the networks of jaxdml.models.cifar; model.backbone="
+                          f"{cfg.model.backbone!r} is not one of {sorted(CIFAR_NETWORKS)}.")
+    if d.method not in ("none", "kd", "fitnet", "letkd"):
+        raise ConfigError(f"distill.method={d.method!r}: use 'none', 'kd', 'fitnet' or 'letkd'.")
+    needs_teacher = d.method != "none" or d.kd_weight > 0
+    if needs_teacher and not (d.teacher and d.teacher_arch):
+        raise ConfigError(f"distill.method={d.method!r} needs a teacher: set distill.teacher_arch (e.g. resnet56) "
+                          f"and distill.teacher (a converted checkpoint, a .pth or a jaxdml classification workdir).")
+    if cfg.eval.selection_metric not in ("accuracy", "top5_accuracy"):
+        raise ConfigError(f"eval.selection_metric={cfg.eval.selection_metric!r}: classification reports 'accuracy' "
+                          f"and 'top5_accuracy'.")
 
 
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:

@@ -39,7 +39,8 @@ def assert_images(source, indices=(0, 1, -1)) -> None:
 
 
 def test_supported_names():
-    assert set(DATASETS) == {"caltech_birds2011", "cars196", "stanford_online_products", "inshop"}
+    assert set(DATASETS) == {"caltech_birds2011", "cars196", "stanford_online_products", "inshop", "cifar10",
+                             "cifar100"}
     assert all(isinstance(d, str) and d and "\n" not in d for d in DATASETS.values())
     with pytest.raises(ValueError, match="supported"):
         load_dataset("cub", None)
@@ -93,6 +94,17 @@ def test_sop_shipped_splits_and_super_labels(tmp_path):
             assert_contiguous(source.labels)
             np.testing.assert_array_equal(source.classes[source.labels], source.original_labels)
             assert_images(source)
+
+
+@pytest.mark.parametrize(("name", "classes"), [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_keeps_the_shipped_splits_and_labels(tmp_path, name, classes):
+    with mocked():
+        splits = load_dataset(name, tmp_path)
+        assert splits.reference is None and (len(splits.train), len(splits.query)) == (NUM_EXAMPLES, NUM_EXAMPLES)
+        for source, split in ((splits.train, "train"), (splits.query, "test")):
+            np.testing.assert_array_equal(source.labels, mock_field(name, split, "label"))  # ids as shipped
+            np.testing.assert_array_equal(source.classes, np.arange(classes))
+            assert source.image(0).shape == (32, 32, 3)
 
 
 def test_inshop_mocked_query_gallery_share_labels(tmp_path):

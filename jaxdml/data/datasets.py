@@ -9,7 +9,7 @@ import ml_collections
 
 from jaxdml.data.sources import Source, split_validation_classes
 
-EMBEDDED = ("digit_pairs", "digit_collage")
+EMBEDDED = ("digit_pairs", "digit_collage", "digit_numbers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,11 @@ def load_data(cfg: ml_collections.ConfigDict) -> DataSplits:
         from jaxdml.data.digits import load_digit_collage
 
         train, query = load_digit_collage()
+        reference = None
+    elif cfg.name == "digit_numbers":
+        from jaxdml.data.digits import load_digit_numbers
+
+        train, query = load_digit_numbers()
         reference = None
     else:
         from jaxdml.data.tfds_sources import load_dataset

@@ -95,3 +95,16 @@ def load_digit_collage(per_class: int = IMAGES_PER_CLASS, seed: int = SPLIT_SEED
         images = grid.reshape(m, 2, 2, 16, 16, 1).transpose(0, 1, 3, 2, 4, 5).reshape(m, 32, 32, 1)
         sources.append(ArraySource(f"digit_collage[{name}]", images, labels))
     return sources[0], sources[1]
+
+
+def load_digit_numbers(train_per_class: int = 30, test_per_class: int = 10, seed: int = SPLIT_SEED
+                       ) -> tuple[ArraySource, ArraySource]:
+    """(train, test) for *classification*: all 100 numbers 00-99 in both, label = the number, written with
+    disjoint halves of the handwritten digits (the test set reads unseen handwriting of the same classes)."""
+    digits = load_digits_source()
+    rng = np.random.default_rng(seed)
+    halves = [np.array_split(rng.permutation(np.flatnonzero(digits.labels == d)), 2) for d in range(10)]
+    numbers = np.arange(100)
+    train = _compose(digits, [h[0] for h in halves], numbers, rng, train_per_class)
+    test = _compose(digits, [h[1] for h in halves], numbers, rng, test_per_class)
+    return ArraySource("digit_numbers[train]", *train), ArraySource("digit_numbers[test]", *test)

@@ -56,6 +56,10 @@ class TrainBatches:
     skip_corrupt: bool = False
     shard_index: int = 0  # this host's slice of the global batch (multi-host runs)
     shard_count: int = 1
+    # "random_resized_crop", "pad_crop" (CIFAR: zero-pad ``padding``, random crop, flip) or "none" (a random
+    # image_size crop, unpadded and unflipped: the image itself when it is image_size already)
+    augment: str = "random_resized_crop"
+    padding: int = 4
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         indices = np.array_split(self.sampler.batch_indices(int(step)), self.shard_count)[self.shard_index]
@@ -67,9 +71,14 @@ class TrainBatches:
             label = self.source.labels[index]
             image, n = _load(self.source, index, self.skip_corrupt, self.sampler.members[label])
             skipped += n
-            images[slot] = transforms.train_transform(
-                image, rng, size=self.image_size, area=tuple(self.crop_area),
-                aspect=tuple(self.crop_aspect), flip=self.flip)
+            if self.augment in ("pad_crop", "none"):
+                padding = self.padding if self.augment == "pad_crop" else 0
+                images[slot] = transforms.pad_crop_transform(image, rng, size=self.image_size, padding=padding,
+                                                             flip=self.flip and self.augment == "pad_crop")
+            else:
+                images[slot] = transforms.train_transform(
+                    image, rng, size=self.image_size, area=tuple(self.crop_area),
+                    aspect=tuple(self.crop_aspect), flip=self.flip)
         return {"images": images, "labels": self.source.labels[indices].astype(np.int32),
                 "skipped": np.int32(skipped)}
 

@@ -9,6 +9,7 @@ without communication. Batches have a fixed size (static shapes under ``jit``) a
   standard, pytorch-metric-learning's ``MPerClassSampler``).
 * :class:`OnePerClassSampler`: ``batch_size`` distinct classes with one image each, every class once per
   class epoch (e.g. one embedding per class to re-initialise proxies, as CCP does).
+* :class:`ShuffleSampler`: uniform batches without replacement within an epoch (classification training).
 * :class:`HierarchicalSampler`: PML's ``HierarchicalSampler`` (FastAP-style): a batch draws from
   ``super_classes_per_batch`` super-classes, each contributing an equal share of classes with
   ``samples_per_class`` images each.
@@ -30,6 +31,7 @@ import numpy as np
 _CLASS_ORDER, _ITEM_ORDER = 0, 1
 _ONE_CLASS_ORDER, _ONE_ITEM_ORDER, _ONE_FILL_ORDER = 3, 4, 5
 _SUPER_ORDER, _SUB_CLASS_ORDER = 6, 7
+_SHUFFLE_ORDER = 8
 
 
 def _class_members(labels: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -259,3 +261,27 @@ class HierarchicalSampler:
             for cls in classes[perm[slot * c:(slot + 1) * c]]:
                 out.append(_stream(self.members[cls], (self.seed, _ITEM_ORDER, int(cls)), cycle * m, m))
         return np.concatenate(out)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ShuffleSampler:
+    """``batch_size`` records per step from an endless stream of permutations of all records (one per epoch).
+
+    The classification sampler (``torch.utils.data.DataLoader(shuffle=True)`` without a short last batch):
+    epoch ``e`` is permutation ``e`` of the records, batches run across epoch boundaries, so every record is
+    seen once per epoch and the batch size stays static.
+    """
+
+    labels: np.ndarray
+    batch_size: int
+    seed: int = 0
+    members: tuple[np.ndarray, ...] = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= len(self.labels):
+            raise ValueError(f"batch_size={self.batch_size} must be in [1, {len(self.labels)}] (the training set)")
+        object.__setattr__(self, "members", _class_members(self.labels))
+
+    def batch_indices(self, step: int) -> np.ndarray:
+        everything = np.arange(len(self.labels))
+        return _stream(everything, (self.seed, _SHUFFLE_ORDER), step * self.batch_size, self.batch_size)

@@ -55,6 +55,7 @@ class DatasetSpec:
     needs_tensorflow: bool = True  # to prepare (stock builders call tf.io.gfile); reading never does
     manual_required: bool = False
     manual_note: str = ""
+    classification: bool = False  # train and test share all classes (ids 0..num_classes-1 as shipped)
 
 
 SPECS: dict[str, DatasetSpec] = {
@@ -98,6 +99,20 @@ SPECS: dict[str, DatasetSpec] = {
         needs_tensorflow=False,
         manual_required=True,
         manual_note=_inshop.MANUAL_DOWNLOAD_INSTRUCTIONS.strip(),
+    ),
+    "cifar10": DatasetSpec(
+        tfds_name="cifar10",
+        description="CIFAR-10 (classification): 50,000 train / 10,000 test 32x32 images, 10 classes.",
+        num_classes=10,
+        classification=True,
+        manual_note="TFDS downloads cifar-10-binary.tar.gz from cs.toronto.edu.",
+    ),
+    "cifar100": DatasetSpec(
+        tfds_name="cifar100",
+        description="CIFAR-100 (classification): 50,000 train / 10,000 test 32x32 images, 100 classes.",
+        num_classes=100,
+        classification=True,
+        manual_note="TFDS downloads cifar-100-binary.tar.gz from cs.toronto.edu.",
     ),
 }
 
@@ -440,6 +455,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None) -> DatasetSplits
     if name not in SPECS:
         raise ValueError(f"unknown dataset {name!r}; supported: {', '.join(SPECS)}")
     spec = SPECS[name]
+    if spec.classification:
+        classes = np.arange(spec.num_classes)
+        train, test = (open_tfds_source(name, (split,), data_dir, classes=classes, name=f"{name}[{split}]")
+                       for split in spec.splits)
+        return DatasetSplits(train=train, query=test)
     if spec.num_train_classes is not None:
         # Full label range as `classes`, so labels == TFDS labels even when a class has no image (mocks).
         full = open_tfds_source(name, ("train", "test"), data_dir, classes=np.arange(spec.num_classes))

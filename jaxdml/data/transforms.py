@@ -50,6 +50,19 @@ def train_transform(image: np.ndarray, rng: np.random.Generator, *, size: int,
     return out
 
 
+def pad_crop_transform(image: np.ndarray, rng: np.random.Generator, *, size: int, padding: int,
+                       flip: bool) -> np.ndarray:
+    """Zero-pad by ``padding`` pixels, take a random ``size`` x ``size`` crop, optionally flip (the CIFAR
+    augmentation, ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``)."""
+    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    top = int(rng.integers(0, padded.shape[0] - size + 1))
+    left = int(rng.integers(0, padded.shape[1] - size + 1))
+    out = padded[top:top + size, left:left + size]
+    if flip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return out
+
+
 def eval_transform(image: np.ndarray, *, resize_size: int, size: int) -> np.ndarray:
     """Shorter side to ``resize_size`` (aspect kept), then the central ``size`` x ``size`` crop."""
     height, width = image.shape[:2]

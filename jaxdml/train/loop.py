@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxdml.config import ConfigError, validate
 from jaxdml.data import pipeline
 from jaxdml.data.datasets import DataSplits, load_data
-from jaxdml.data.sampler import HierarchicalSampler, MPerClassSampler, OnePerClassSampler
+from jaxdml.data.sampler import HierarchicalSampler, MPerClassSampler, OnePerClassSampler, ShuffleSampler
 from jaxdml.data.sources import Source, num_classes
 from jaxdml.eval import retrieval_metrics
 from jaxdml.losses import make_objective
@@ -135,15 +135,19 @@ class Evaluator:
 
 
 def _format(metrics: dict[str, float]) -> str:
-    keys = [k for k in ("precision_at_1", "map_at_r", "r_precision", "nmi") if k in metrics]
+    keys = [k for k in ("accuracy", "top5_accuracy", "precision_at_1", "map_at_r", "r_precision", "nmi")
+            if k in metrics]
     keys += sorted(k for k in metrics if k.startswith("recall_at_"))
-    names = {"precision_at_1": "P@1", "map_at_r": "MAP@R", "r_precision": "RP", "nmi": "NMI"}
+    names = {"precision_at_1": "P@1", "map_at_r": "MAP@R", "r_precision": "RP", "nmi": "NMI", "accuracy": "top-1",
+             "top5_accuracy": "top-5"}
     return "  ".join(f"{names.get(k, k.replace('recall_at_', 'R@'))}={100 * metrics[k]:.2f}" for k in keys)
 
 
 def build_sampler(cfg: ml_collections.ConfigDict, train: Source):
     """The batch sampler ``cfg.data.sampler`` names, over the training source."""
     d, batch_size = cfg.data, cfg.train.batch_size
+    if d.sampler == "shuffle":
+        return ShuffleSampler(train.labels, batch_size, seed=cfg.seed)
     if d.sampler == "one_per_class":
         return OnePerClassSampler(train.labels, batch_size, seed=cfg.seed)
     if d.sampler == "hierarchical":
@@ -221,7 +225,13 @@ class Trainer:
                               f"{mesh.devices.size} devices; use a multiple of {mesh.devices.size}.")
         self.data: DataSplits = load_data(cfg.data)
         self.sampler = build_sampler(cfg, self.data.train)
-        setup = build_training(cfg, mesh, num_classes(self.data.train))
+        self.num_classes = num_classes(self.data.train)
+        if cfg.task == "classification":
+            from jaxdml.distill.setup import build_classification_training
+
+            setup = build_classification_training(cfg, mesh, self.num_classes, self.data.train, self.workdir)
+        else:
+            setup = build_training(cfg, mesh, self.num_classes)
         self.state: TrainState = setup.state
         self.train_step, self.batch_sharding = setup.train_step, setup.batch_sharding
 
@@ -233,7 +243,12 @@ class Trainer:
             self.state, self.meta = restored
             log.info("resumed from %s at step %d", self.checkpointer.directory, int(self.state.step))
 
-        self.evaluator = Evaluator(cfg, setup.model, mesh, setup.state_sharding)
+        if cfg.task == "classification":
+            from jaxdml.distill.setup import ClassificationEvaluator
+
+            self.evaluator = ClassificationEvaluator(cfg, setup.model, mesh, setup.state_sharding)
+        else:
+            self.evaluator = Evaluator(cfg, setup.model, mesh, setup.state_sharding)
         # Model selection on the held-out training classes if there are any, else on the test set.
         if self.data.val is not None:
             self.selection = ("val", self.data.val, None)
@@ -267,6 +282,10 @@ class Trainer:
                 self.writer.write(best_step, "test_at_best_val", summary["best"])
                 print(f"best on val (step {best_step}), test: {_format(summary['best'])}", flush=True)
             self.save(cfg.train.num_steps)
+            if cfg.task == "classification":
+                from jaxdml.distill.setup import export_network
+
+                export_network(cfg, self.state, self.num_classes, self.workdir)
             (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             return summary
         finally:
@@ -303,7 +322,8 @@ class Trainer:
         d = cfg.data
         make_batch = pipeline.TrainBatches(
             self.data.train, self.sampler, cfg.seed, d.image_size, tuple(d.crop_area), tuple(d.crop_aspect),
-            d.flip, d.skip_corrupt, jax.process_index(), jax.process_count())
+            d.flip, d.skip_corrupt, jax.process_index(), jax.process_count(), d.augment,
+            d.crop_padding)
         batches = _prefetch(pipeline.iterate(make_batch, start, t.num_steps, d.num_workers), self.batch_sharding)
         progress = _progress(t, start)
         stop = _StopFlag()

@@ -90,27 +90,35 @@ def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTr
         params = {**params, **refreshed.pop("params")}
         model_state = {**model_state, **refreshed}
 
-        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
-        healthy = state.nonfinite_step < 0
-        accept = finite & healthy
-
-        def keep_if_bad(new: Any, old: Any) -> Any:
-            return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
-
-        new_state = TrainState(
-            step=state.step + 1,
-            params=keep_if_bad(params, state.params),
-            model_state=keep_if_bad(model_state, state.model_state),
-            loss_state=keep_if_bad(loss_state, state.loss_state),
-            opt_state=keep_if_bad(opt_state, state.opt_state),
-            nonfinite_step=jnp.where(healthy & ~finite, state.step, state.nonfinite_step),
-        )
+        new_state = guarded_update(state, loss, grads, params, model_state, loss_state, opt_state)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "embedding_norm": jnp.mean(jnp.linalg.norm(embeddings.astype(jnp.float32), axis=-1)),
                    **loss_metrics}
         return new_state, metrics
 
     return train_step
+
+
+def guarded_update(state: TrainState, loss: jnp.ndarray, grads: Any, params: Any, model_state: Any, loss_state: Any,
+                   opt_state: Any) -> TrainState:
+    """The next state, or the current one unchanged (step still counted) if the loss, a gradient or a new
+    parameter is not finite; the first such step is recorded in ``nonfinite_step`` and nothing is applied
+    from then on (the loop reports it and stops at the next check)."""
+    finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
+    healthy = state.nonfinite_step < 0
+    accept = finite & healthy
+
+    def keep_if_bad(new: Any, old: Any) -> Any:
+        return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
+
+    return TrainState(
+        step=state.step + 1,
+        params=keep_if_bad(params, state.params),
+        model_state=keep_if_bad(model_state, state.model_state),
+        loss_state=keep_if_bad(loss_state, state.loss_state),
+        opt_state=keep_if_bad(opt_state, state.opt_state),
+        nonfinite_step=jnp.where(healthy & ~finite, state.step, state.nonfinite_step),
+    )
 
 
 def make_embed_step(model: nn.Module):
