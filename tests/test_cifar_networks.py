@@ -23,7 +23,8 @@ F = torch.nn.functional
 # Parameter counts with a 100-way classifier, as the CRD paper's table (millions, two decimals, not always
 # rounded the same way: resnet110's 1,736,564 is listed as 1.73).
 CRD_MILLIONS = {"resnet20": 0.28, "resnet56": 0.86, "resnet110": 1.73, "resnet8x4": 1.23, "resnet32x4": 7.43,
-                "wrn_40_2": 2.26, "wrn_16_2": 0.70, "wrn_40_1": 0.57}
+                "wrn_40_2": 2.26, "wrn_16_2": 0.70, "wrn_40_1": 0.57, "mobilenetv2": 0.81, "shufflev1": 0.95,
+                "shufflev2": 1.36}
 
 
 def _count(arch: str, num_classes: int = 100) -> int:
@@ -135,6 +136,97 @@ def test_wrn_matches_the_crd_forward(arch):
     logits = np.asarray(net.apply(variables, jnp.asarray(x))["logits"])
     np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-4 * np.abs(expected.numpy()).max())
     again, _ = convert.convert_state_dict(arch, {k: v.numpy() for k, v in state.items()})
+    jax.tree.map(np.testing.assert_array_equal, again, jax.tree.map(np.asarray, variables))
+
+
+def _bn(state, prefix, t):
+    return F.batch_norm(t, state[f"{prefix}.running_mean"], state[f"{prefix}.running_var"],
+                        state[f"{prefix}.weight"], state[f"{prefix}.bias"], training=False, eps=1e-5)
+
+
+def _shuffle(t, groups):
+    n, c, h, w = t.shape
+    return t.view(n, groups, c // groups, h, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
+
+
+def _crd_mobilenetv2_forward(state, x):
+    """The CRD ``mobilenetv2.py`` forward (mobile_half), transcribed with torch.nn.functional."""
+    out = F.relu(_bn(state, "conv1.1", F.conv2d(x, state["conv1.0.weight"], stride=2, padding=1)))
+    strides = {0: 1, 1: 1, 2: 2, 3: 2, 4: 1, 5: 2, 6: 1}
+    for i in range(7):
+        j = 0
+        while f"blocks.{i}.{j}.conv.0.weight" in state:
+            p, stride = f"blocks.{i}.{j}.conv", strides[i] if j == 0 else 1
+            y = F.relu(_bn(state, f"{p}.1", F.conv2d(out, state[f"{p}.0.weight"])))
+            y = F.relu(_bn(state, f"{p}.4", F.conv2d(y, state[f"{p}.3.weight"], stride=stride, padding=1,
+                                                      groups=y.shape[1])))
+            y = _bn(state, f"{p}.7", F.conv2d(y, state[f"{p}.6.weight"]))
+            out = out + y if stride == 1 and out.shape[1] == y.shape[1] else y
+            j += 1
+    out = F.relu(_bn(state, "conv2.1", F.conv2d(out, state["conv2.0.weight"])))
+    out = F.avg_pool2d(out, 2, ceil_mode=True).flatten(1)
+    return F.linear(out, state["classifier.0.weight"], state["classifier.0.bias"])
+
+
+def _crd_shufflev1_forward(state, x):
+    """The CRD ``ShuffleNetv1.py`` forward (groups 3), transcribed."""
+    out = F.relu(_bn(state, "bn1", F.conv2d(x, state["conv1.weight"])))
+    for stage in (1, 2, 3):
+        j = 0
+        while f"layer{stage}.{j}.conv1.weight" in state:
+            p, stride = f"layer{stage}.{j}", 2 if j == 0 else 1
+            g1 = 1 if out.shape[1] == 24 else 3
+            y = F.relu(_bn(state, f"{p}.bn1", F.conv2d(out, state[f"{p}.conv1.weight"], groups=g1)))
+            y = _shuffle(y, g1)
+            y = F.relu(_bn(state, f"{p}.bn2", F.conv2d(y, state[f"{p}.conv2.weight"], stride=stride, padding=1,
+                                                        groups=y.shape[1])))
+            y = _bn(state, f"{p}.bn3", F.conv2d(y, state[f"{p}.conv3.weight"], groups=3))
+            out = F.relu(torch.cat([y, F.avg_pool2d(out, 3, stride=2, padding=1)], 1) if stride == 2 else y + out)
+            j += 1
+    return F.linear(F.avg_pool2d(out, 4).flatten(1), state["linear.weight"], state["linear.bias"])
+
+
+def _crd_shufflev2_forward(state, x):
+    """The CRD ``ShuffleNetv2.py`` forward (net size 1), transcribed."""
+    out = F.relu(_bn(state, "bn1", F.conv2d(x, state["conv1.weight"])))
+    for stage in (1, 2, 3):
+        p = f"layer{stage}.0"
+        left = _bn(state, f"{p}.bn1", F.conv2d(out, state[f"{p}.conv1.weight"], stride=2, padding=1,
+                                               groups=out.shape[1]))
+        left = F.relu(_bn(state, f"{p}.bn2", F.conv2d(left, state[f"{p}.conv2.weight"])))
+        right = F.relu(_bn(state, f"{p}.bn3", F.conv2d(out, state[f"{p}.conv3.weight"])))
+        right = _bn(state, f"{p}.bn4", F.conv2d(right, state[f"{p}.conv4.weight"], stride=2, padding=1,
+                                                groups=right.shape[1]))
+        right = F.relu(_bn(state, f"{p}.bn5", F.conv2d(right, state[f"{p}.conv5.weight"])))
+        out = _shuffle(torch.cat([left, right], 1), 2)
+        j = 1
+        while f"layer{stage}.{j}.conv1.weight" in state:
+            p = f"layer{stage}.{j}"
+            c = out.shape[1] // 2
+            keep, y = out[:, :c], out[:, c:]
+            y = F.relu(_bn(state, f"{p}.bn1", F.conv2d(y, state[f"{p}.conv1.weight"])))
+            y = _bn(state, f"{p}.bn2", F.conv2d(y, state[f"{p}.conv2.weight"], padding=1, groups=y.shape[1]))
+            y = F.relu(_bn(state, f"{p}.bn3", F.conv2d(y, state[f"{p}.conv3.weight"])))
+            out = _shuffle(torch.cat([keep, y], 1), 2)
+            j += 1
+    out = F.relu(_bn(state, "bn2", F.conv2d(out, state["conv2.weight"])))
+    return F.linear(F.avg_pool2d(out, 4).flatten(1), state["linear.weight"], state["linear.bias"])
+
+
+@pytest.mark.parametrize(("arch", "forward"), [("mobilenetv2", _crd_mobilenetv2_forward),
+                                               ("shufflev1", _crd_shufflev1_forward),
+                                               ("shufflev2", _crd_shufflev2_forward)])
+def test_mobile_networks_match_the_crd_forward(arch, forward):
+    net = cifar_network(arch, 100)
+    variables = _randomise(net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))), seed=2)
+    exported = convert.export_state_dict(arch, variables)
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in exported.items()}
+    x = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = forward(state, torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    logits = np.asarray(net.apply(variables, jnp.asarray(x))["logits"])
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    again, _ = convert.convert_state_dict(arch, exported)
     jax.tree.map(np.testing.assert_array_equal, again, jax.tree.map(np.asarray, variables))
 
 

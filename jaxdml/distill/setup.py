@@ -28,6 +28,7 @@ from jaxdml.distill import artefacts as art
 from jaxdml.distill.model import ClassificationModel, build_classifier, student_inserts
 from jaxdml.layers.template import downscale_2x2
 from jaxdml.losses import distill as kd
+from jaxdml.models.cifar import classifier_name
 from jaxdml.models.convert import ConversionError, load_pretrained, save_converted
 from jaxdml.train.optim import make_optimizer
 from jaxdml.train.step import TrainState, _apply, guarded_update
@@ -58,7 +59,7 @@ def load_teacher(cfg: ml_collections.ConfigDict, num_classes: int) -> Teacher | 
         raise ConversionError(f"distill.teacher = {d.teacher!r} is a jaxdml workdir whose run has not finished "
                               f"(no {EXPORT_DIR}/); rerun its command to complete it")
     raw = load_pretrained(path, d.teacher_arch)
-    classes = int(raw["params"]["fc"]["kernel"].shape[-1])
+    classes = int(raw["params"][classifier_name(d.teacher_arch)]["kernel"].shape[-1])
     if classes != num_classes:
         raise ConversionError(f"the teacher {d.teacher!r} classifies {classes} classes, the data has {num_classes}")
     model = build_classifier(cfg, num_classes, arch=d.teacher_arch)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdml.models.backbones import BACKBONES, backbone_spec
-from jaxdml.models.cifar import CIFAR_NETWORKS, cifar_network
+from jaxdml.models.cifar import CIFAR_NETWORKS, cifar_network, classifier_name
 
 METADATA_FILE = "jaxdml_pretrained.json"
 # The ImageNet classifier of each DML backbone: in the checkpoint, never in the backbone.
@@ -41,9 +41,22 @@ class ConversionError(ValueError):
     """Weights that cannot be used: missing, unreadable, or not fitting the architecture (every key listed)."""
 
 
+_MOBILENET_NAMES = {"stem_conv": "conv1.0", "stem_bn": "conv1.1", "head_conv": "conv2.0", "head_bn": "conv2.1",
+                    "expand_conv": "conv.0", "expand_bn": "conv.1", "depthwise_conv": "conv.3",
+                    "depthwise_bn": "conv.4", "project_conv": "conv.6", "project_bn": "conv.7",
+                    "classifier": "classifier.0"}
+
+
 def _torch_module(arch: str, flax_module: str) -> str:
     """Flax module name -> PyTorch module path (``layer1_0`` -> ``layer1.0``, ``downsample_bn`` -> ``downsample.1``,
-    WRN ``block1_0`` -> ``block1.layer.0``)."""
+    WRN ``block1_0`` -> ``block1.layer.0``, MobileNetV2 ``blocks3_1`` -> ``blocks.3.1``, ``project_bn`` ->
+    ``conv.7``)."""
+    if arch == "mobilenetv2":
+        match = re.fullmatch(r"blocks(\d+)_(\d+)", flax_module)
+        return f"blocks.{match[1]}.{match[2]}" if match else _MOBILENET_NAMES.get(flax_module, flax_module)
+    if arch.startswith("shufflev"):
+        match = re.fullmatch(r"layer(\d+)_(\d+)", flax_module)
+        return f"layer{match[1]}.{match[2]}" if match else flax_module
     if arch.startswith("wrn_"):
         match = re.fullmatch(r"block(\d+)_(\d+)", flax_module)
         return f"block{match[1]}.layer.{match[2]}" if match else flax_module
@@ -98,7 +111,8 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> tuple[dict[s
     if arch not in CONVERTIBLE:
         raise ConversionError(f"--arch {arch!r} has no PyTorch original; choose one of {list(CONVERTIBLE)}")
     state_dict = {k: np.asarray(v) for k, v in _strip_wrapper_prefix(state_dict).items()}
-    num_classes = int(state_dict["fc.weight"].shape[0]) if arch in CIFAR_NETWORKS and "fc.weight" in state_dict else 100
+    classifier_weight = f"{_torch_module(arch, classifier_name(arch))}.weight"
+    num_classes = int(state_dict[classifier_weight].shape[0]) if classifier_weight in state_dict else 100
     shapes = backbone_shapes(arch, num_classes)
     missing, misfit, used = [], [], set()
     converted: dict[str, Any] = {}
