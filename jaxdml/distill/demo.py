@@ -1,11 +1,12 @@
 """The embedded distillation demo: a teacher and a student on the bundled digits, the student trained plain,
-with Hinton KD and with LeTKD; prints the three accuracies (and the teacher's).
+with Hinton KD and with LeTKD; prints the three accuracies (and the teacher's, and the student's with the
+label-supervised template-matching block instead of a teacher).
 
     python -m jaxdml.distill.demo --workdir runs/kd_digits [--seeds 0 1 2]
 
-Runs experiments/kd_digits_teacher.py, then experiments/kd_digits_student.py:{none,kd,letkd}, each in its own
-workdir under ``--workdir/seed<k>`` (reruns resume or reuse finished runs). With several seeds it prints the
-mean and standard deviation over them.
+Runs experiments/kd_digits_teacher.py, then experiments/kd_digits_student.py:{none,kd,letkd,template}, each
+in its own workdir under ``--workdir/seed<k>`` (reruns resume, or only re-evaluate finished runs). With several
+seeds it prints the mean and standard deviation over them.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import numpy as np
 from jaxdml.config import load_config_file
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-STUDENTS = ("none", "kd", "letkd")
+STUDENTS = ("none", "kd", "letkd", "template")
 LABELS = {"teacher": "teacher (ResNet-20)", "none": "student ResNet-8, plain", "kd": "student, Hinton KD",
-          "letkd": "student, LeTKD"}
+          "letkd": "student, LeTKD", "template": "student + template block"}
 
 
 def run_seed(workdir: Path, seed: int, quiet: bool = True) -> dict[str, float]:
@@ -36,7 +37,7 @@ def run_seed(workdir: Path, seed: int, quiet: bool = True) -> dict[str, float]:
     runs = [("teacher", teacher_cfg)]
     for method in STUDENTS:
         cfg = load_config_file(f"{EXPERIMENTS / 'kd_digits_student.py'}:{method}")
-        if method != "none":
+        if method in ("kd", "letkd"):
             cfg.distill.teacher = str(root / "teacher")
         runs.append((method, cfg))
     for name, cfg in runs:
