@@ -31,7 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     # retrieval: digit_pairs | digit_collage (embedded) | caltech_birds2011 | cars196 | stanford_online_products |
-    # inshop. classification: digit_numbers (embedded) | cifar10 | cifar100
+    # inshop. classification: digit_numbers (embedded) | cifar10 | cifar100 | tiny_imagenet
     c.data.name = "digit_pairs"
     c.data.data_dir = config_dict.placeholder(str)  # TFDS data dir; None = TFDS default (~/tensorflow_datasets)
     c.data.image_size = 224  # train crop and eval centre crop (227 for BN-Inception)

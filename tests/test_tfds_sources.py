@@ -40,7 +40,7 @@ def assert_images(source, indices=(0, 1, -1)) -> None:
 
 def test_supported_names():
     assert set(DATASETS) == {"caltech_birds2011", "cars196", "stanford_online_products", "inshop", "cifar10",
-                             "cifar100"}
+                             "cifar100", "tiny_imagenet"}
     assert all(isinstance(d, str) and d and "\n" not in d for d in DATASETS.values())
     with pytest.raises(ValueError, match="supported"):
         load_dataset("cub", None)
@@ -169,11 +169,11 @@ def test_not_prepared_error_gives_the_command(tmp_path, name):
     assert name in message and str(tmp_path) in message
     assert f"python -m jaxdml.data.prepare --dataset {name} --data_dir {tmp_path}" in message
     assert "pip install -e '.[prepare]'" in message
-    if name in ("cars196", "inshop"):  # a manual download is always needed
+    if name in ("cars196", "inshop", "tiny_imagenet"):  # a manual download is always needed
         assert f"--data_dir {tmp_path} --manual_dir MANUAL_DIR\n" in message
     else:
         assert f"--data_dir {tmp_path}\n" in message
-    assert ("TensorFlow is needed" in message) == (name != "inshop")
+    assert ("TensorFlow is needed" in message) == (name not in ("inshop", "tiny_imagenet"))
     assert not any(Path(tmp_path).rglob("*.array_record*"))
 
 

@@ -2,10 +2,11 @@
 
     python -m jaxdml.data.prepare --dataset NAME [--data_dir DIR] [--manual_dir DIR]
 
-NAME: caltech_birds2011, cars196, stanford_online_products or inshop. The stock TFDS builders (CUB, Cars,
-SOP) need TensorFlow to prepare (``pip install -e '.[prepare]'``); In-Shop (``jaxdml.data.inshop``) does
-not. ``--manual_dir`` holds files downloaded by hand (In-Shop always; Cars196, whose original URLs are
-dead; CUB/SOP only when their download fails). Prints where the data went and, after the class re-split,
+NAME: caltech_birds2011, cars196, stanford_online_products, inshop, cifar10, cifar100 or tiny_imagenet. The
+stock TFDS builders (CUB, Cars, SOP, CIFAR) need TensorFlow to prepare (``pip install -e '.[prepare]'``);
+In-Shop (``jaxdml.data.inshop``) and Tiny-ImageNet (``jaxdml.data.tinyimagenet``) do not. ``--manual_dir``
+holds files downloaded by hand (In-Shop and Tiny-ImageNet always; Cars196, whose original URLs are dead;
+CUB/SOP only when their download fails). Prints where the data went and, after the class re-split,
 images and classes per split.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from jaxdml.data.inshop import InshopManualFilesError
 from jaxdml.data.sources import Source
+from jaxdml.data.tinyimagenet import TinyImagenetManualFilesError
 
 PREPARE_EXTRA = "pip install -e '.[prepare]'"
 
@@ -70,7 +72,7 @@ def prepare(name: str, data_dir: str | None, manual_dir: str | None) -> str:
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     try:
         builder.download_and_prepare(file_format="array_record", download_config=config)
-    except InshopManualFilesError as err:  # In-Shop: files missing in the manual directory
+    except (InshopManualFilesError, TinyImagenetManualFilesError) as err:  # files missing in the manual directory
         raise SystemExit(f"error: {err}") from err
     except AssertionError as err:  # tfds: "Manual directory ... does not exist or is empty"
         if "Manual directory" not in str(err):

@@ -27,6 +27,7 @@ from PIL import Image
 from tensorflow_datasets.core import example_parser
 
 from jaxdml.data import inshop as _inshop  # registers the "inshop" builder with tfds
+from jaxdml.data import tinyimagenet as _tinyimagenet  # registers "tiny_imagenet"
 from jaxdml.data.sources import (
     CorruptRecordError,
     DatasetNotPreparedError,
@@ -113,6 +114,17 @@ SPECS: dict[str, DatasetSpec] = {
         num_classes=100,
         classification=True,
         manual_note="TFDS downloads cifar-100-binary.tar.gz from cs.toronto.edu.",
+    ),
+    "tiny_imagenet": DatasetSpec(
+        tfds_name=_tinyimagenet.TinyImagenet.name,
+        description="Tiny-ImageNet-200 (classification): 100,000 train / 10,000 validation 64x64 images, 200 "
+                    "classes.",
+        num_classes=_tinyimagenet.NUM_CLASSES,
+        splits=_tinyimagenet.SPLITS,
+        classification=True,
+        needs_tensorflow=False,
+        manual_required=True,
+        manual_note=_tinyimagenet.MANUAL_DOWNLOAD_INSTRUCTIONS.strip(),
     ),
 }
 

@@ -19,6 +19,7 @@ from jaxdml.models.cifar import Insert, cifar_network
 DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "tiny_imagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
     "digit_numbers": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
