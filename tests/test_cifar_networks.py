@@ -24,7 +24,7 @@ F = torch.nn.functional
 # rounded the same way: resnet110's 1,736,564 is listed as 1.73).
 CRD_MILLIONS = {"resnet20": 0.28, "resnet56": 0.86, "resnet110": 1.73, "resnet8x4": 1.23, "resnet32x4": 7.43,
                 "wrn_40_2": 2.26, "wrn_16_2": 0.70, "wrn_40_1": 0.57, "mobilenetv2": 0.81, "shufflev1": 0.95,
-                "shufflev2": 1.36}
+                "shufflev2": 1.36, "cifar_resnet50": 23.71}
 
 
 def _count(arch: str, num_classes: int = 100) -> int:
@@ -213,7 +213,26 @@ def _crd_shufflev2_forward(state, x):
     return F.linear(F.avg_pool2d(out, 4).flatten(1), state["linear.weight"], state["linear.bias"])
 
 
-@pytest.mark.parametrize(("arch", "forward"), [("mobilenetv2", _crd_mobilenetv2_forward),
+def _crd_resnet50_forward(state, x):
+    """The CRD ``resnetv2.py`` ResNet50 forward, transcribed."""
+    out = F.relu(_bn(state, "bn1", F.conv2d(x, state["conv1.weight"], padding=1)))
+    for stage in (1, 2, 3, 4):
+        j = 0
+        while f"layer{stage}.{j}.conv1.weight" in state:
+            p, stride = f"layer{stage}.{j}", 2 if stage > 1 and j == 0 else 1
+            y = F.relu(_bn(state, f"{p}.bn1", F.conv2d(out, state[f"{p}.conv1.weight"])))
+            y = F.relu(_bn(state, f"{p}.bn2", F.conv2d(y, state[f"{p}.conv2.weight"], stride=stride, padding=1)))
+            y = _bn(state, f"{p}.bn3", F.conv2d(y, state[f"{p}.conv3.weight"]))
+            shortcut = out
+            if f"{p}.shortcut.0.weight" in state:
+                shortcut = _bn(state, f"{p}.shortcut.1", F.conv2d(out, state[f"{p}.shortcut.0.weight"], stride=stride))
+            out = F.relu(y + shortcut)
+            j += 1
+    return F.linear(F.adaptive_avg_pool2d(out, 1).flatten(1), state["linear.weight"], state["linear.bias"])
+
+
+@pytest.mark.parametrize(("arch", "forward"), [("cifar_resnet50", _crd_resnet50_forward),
+                                               ("mobilenetv2", _crd_mobilenetv2_forward),
                                                ("shufflev1", _crd_shufflev1_forward),
                                                ("shufflev2", _crd_shufflev2_forward)])
 def test_mobile_networks_match_the_crd_forward(arch, forward):

@@ -115,3 +115,15 @@ def test_configuration_errors_name_the_fix(teacher_dir):
     cfg.distill.teacher_arch = "resnet20"  # the teacher was trained as a resnet8
     with pytest.raises(ConversionError, match="resnet8"):
         Trainer(cfg, teacher_dir.parent / "wrong_arch")
+
+
+@pytest.mark.parametrize(("scale", "size"), [("same", 8), ("down", 4), ("up", 16)])
+def test_fitnet_regressor_maps_the_student_hint_onto_the_teacher_map(scale, size):
+    import jax.numpy as jnp
+
+    from jaxdml.distill.model import HintRegressor
+
+    regressor = HintRegressor(24, scale)
+    x = jnp.ones((2, 8, 8, 16))
+    out, _ = regressor.init_with_output(jax.random.key(0), x, train=False)
+    assert out.shape == (2, size, size, 24)

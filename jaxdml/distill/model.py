@@ -26,18 +26,23 @@ DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 class HintRegressor(nn.Module):
     """FitNet's regressor (the KD code base's ``ConvReg``): conv -> BN -> ReLU from the student's hint map to the
-    teacher's channels; a 1x1 conv at equal sizes, a 3x3 stride-2 conv when the student map is twice as large."""
+    teacher's channels and size: a 1x1 conv at equal sizes, a 3x3 stride-2 conv when the student map is twice
+    as large, a 4x4 stride-2 transposed conv when it is half as large."""
 
     features: int
-    stride: int = 1
+    scale: str = "same"  # same | down | up (the student map relative to the teacher's)
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        kernel = (3, 3) if self.stride == 2 else (1, 1)
-        pad = ((1, 1), (1, 1)) if self.stride == 2 else ((0, 0), (0, 0))
-        x = nn.Conv(self.features, kernel, (self.stride, self.stride), padding=pad, dtype=self.dtype,
-                    kernel_init=conv_init, name="conv")(x)
+        if self.scale == "up":
+            x = nn.ConvTranspose(self.features, (4, 4), (2, 2), padding="SAME", dtype=self.dtype,
+                                 kernel_init=conv_init, name="conv")(x)
+        else:
+            down = self.scale == "down"
+            x = nn.Conv(self.features, (3, 3) if down else (1, 1), (2, 2) if down else (1, 1),
+                        padding=((1, 1), (1, 1)) if down else ((0, 0), (0, 0)), dtype=self.dtype,
+                        kernel_init=conv_init, name="conv")(x)
         return nn.relu(_batch_norm(self.dtype, "bn")(x, use_running_average=not train))
 
 
@@ -81,8 +86,9 @@ def student_inserts(cfg: ml_collections.ConfigDict, num_classes: int) -> tuple[I
 
 
 def build_classifier(cfg: ml_collections.ConfigDict, num_classes: int, *, arch: str | None = None,
-                     inserts: tuple[Insert, ...] = (), hint: tuple[int, int] | None = None) -> ClassificationModel:
-    """The model for ``arch`` (default ``model.backbone``); ``hint`` = (teacher channels, stride) for FitNet."""
+                     inserts: tuple[Insert, ...] = (), hint: tuple[int, str] | None = None) -> ClassificationModel:
+    """The model for ``arch`` (default ``model.backbone``); ``hint`` = (teacher channels, same|down|up) for
+    FitNet's regressor."""
     if cfg.data.name not in DATASET_STATS:
         raise ValueError(f"no normalisation statistics for data.name={cfg.data.name!r}; known: {sorted(DATASET_STATS)}")
     mean, std = DATASET_STATS[cfg.data.name]

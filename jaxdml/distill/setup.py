@@ -251,8 +251,14 @@ def build_classification_training(cfg: ml_collections.ConfigDict, mesh: Mesh, nu
         t_maps = jax.eval_shape(lambda: teacher.model.apply(teacher.variables, _sample(cfg)))["features"]
         plain = build_classifier(cfg, num_classes)
         s_maps = jax.eval_shape(lambda: plain.init_with_output(jax.random.key(0), _sample(cfg))[0])["features"]
-        t_map, s_map = t_maps[cfg.distill.teacher_hint_block], s_maps[cfg.distill.hint_block]
-        hint = (t_map.shape[-1], s_map.shape[1] // t_map.shape[1])
+        t_size = t_maps[cfg.distill.teacher_hint_block].shape[1]
+        s_size = s_maps[cfg.distill.hint_block].shape[1]
+        scale = {1: "same", 2: "down"}.get(s_size // t_size, "up" if 2 * s_size == t_size else None)
+        if scale is None:
+            raise ConfigError(f"FitNet: the student's {cfg.distill.hint_block} map ({s_size}x{s_size}) and the "
+                              f"teacher's {cfg.distill.teacher_hint_block} ({t_size}x{t_size}) must have equal "
+                              f"sizes or differ by a factor 2; choose other distill hint blocks")
+        hint = (t_maps[cfg.distill.teacher_hint_block].shape[-1], scale)
     model = build_classifier(cfg, num_classes, inserts=student_inserts(cfg, num_classes), hint=hint)
     arts: dict[str, Any] = {}
     if cfg.distill.method == "letkd":

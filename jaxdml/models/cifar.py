@@ -2,7 +2,8 @@
 
 The CRD / RepDistiller ``models/`` are the de-facto standard (their CIFAR-100 teachers are what every KD paper
 distils from): ``resnet8/14/20/32/44/56/110`` (widths 16-16-32-64), ``resnet8x4/32x4`` (32-64-128-256),
-``wrn_16_1/16_2/40_1/40_2``, ``mobilenetv2`` (their ``mobile_half``: expansion 6, width 0.5),
+``wrn_16_1/16_2/40_1/40_2``, ``cifar_resnet50`` (their ``ResNet50``), ``mobilenetv2`` (their ``mobile_half``:
+expansion 6, width 0.5),
 ``shufflev1`` (groups 3) and ``shufflev2`` (net size 1). Module names follow them (``layer1_0/conv1`` <->
 ``layer1.0.conv1``, ``block1_0/convShortcut`` <-> ``block1.layer.0.convShortcut``, MobileNetV2's
 ``blocks3_1/project_conv`` <-> ``blocks.3.1.conv.6``; see ``jaxdml.models.convert``), so their checkpoints map
@@ -98,6 +99,34 @@ class CifarResNet(nn.Module):
             x = after(name, block(self.widths[stage], stride, self.dtype, name=name)(x, train))
         x = after("final", x)
         return _classify(self, x, after)
+
+
+class CifarResNet50(nn.Module):
+    """The KD code base's ``ResNet50`` for CIFAR (``resnetv2.py``): a 3x3 stride-1 stem of 64 channels and four
+    bottleneck stages (64/128/256/512 x 4, 3/4/6/3 blocks); the letKD paper's teacher for MobileNetV2."""
+
+    num_classes: int
+    stage_sizes: tuple[int, int, int, int] = (3, 4, 6, 3)
+    inserts: tuple[Insert, ...] = ()
+    dtype: Any = jnp.float32
+
+    def block_names(self) -> list[str]:
+        return [f"layer{s + 1}_{j}" for s, n in enumerate(self.stage_sizes) for j in range(n)] + ["final"]
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, Any]:
+        _check_inserts(self.inserts, self.block_names())
+        after = _Inserts(self, self.inserts, train)
+        x = nn.Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, kernel_init=conv_init,
+                    name="conv1")(x.astype(self.dtype))
+        x = nn.relu(_batch_norm(self.dtype, "bn1")(x, use_running_average=not train))
+        for s, n in enumerate(self.stage_sizes):
+            for j in range(n):
+                name = f"layer{s + 1}_{j}"
+                stride = 2 if s > 0 and j == 0 else 1
+                x = after(name, Bottleneck(64 * 2**s, stride, self.dtype, name=name)(x, train))
+        x = after("final", x)
+        return _classify(self, x, after, name="linear")
 
 
 class WideBasicBlock(nn.Module):
@@ -347,6 +376,8 @@ CIFAR_NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "resnet8x4": _resnet(8, _WIDE),
     "resnet32x4": _resnet(32, _WIDE),
     **{f"wrn_{d}_{k}": _wrn(d, k) for d, k in ((16, 1), (16, 2), (40, 1), (40, 2))},
+    "cifar_resnet50": lambda num_classes, dtype=jnp.float32, inserts=(): CifarResNet50(
+        num_classes, inserts=tuple(inserts), dtype=dtype),
     "mobilenetv2": lambda num_classes, dtype=jnp.float32, inserts=(): MobileNetV2(
         num_classes, inserts=tuple(inserts), dtype=dtype),
     "shufflev1": lambda num_classes, dtype=jnp.float32, inserts=(): ShuffleNetV1(
@@ -358,7 +389,8 @@ CIFAR_NETWORKS: dict[str, Callable[..., nn.Module]] = {
 
 def classifier_name(arch: str) -> str:
     """The Flax name of ``arch``'s final linear layer (the KD code base's name for it)."""
-    return {"mobilenetv2": "classifier", "shufflev1": "linear", "shufflev2": "linear"}.get(arch, "fc")
+    return {"mobilenetv2": "classifier", "shufflev1": "linear", "shufflev2": "linear",
+            "cifar_resnet50": "linear"}.get(arch, "fc")
 
 
 def cifar_network(name: str, num_classes: int, *, dtype: Any = jnp.float32,

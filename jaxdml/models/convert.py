@@ -54,9 +54,11 @@ def _torch_module(arch: str, flax_module: str) -> str:
     if arch == "mobilenetv2":
         match = re.fullmatch(r"blocks(\d+)_(\d+)", flax_module)
         return f"blocks.{match[1]}.{match[2]}" if match else _MOBILENET_NAMES.get(flax_module, flax_module)
-    if arch.startswith("shufflev"):
+    if arch.startswith("shufflev") or arch == "cifar_resnet50":
         match = re.fullmatch(r"layer(\d+)_(\d+)", flax_module)
-        return f"layer{match[1]}.{match[2]}" if match else flax_module
+        if match:
+            return f"layer{match[1]}.{match[2]}"
+        return {"downsample_conv": "shortcut.0", "downsample_bn": "shortcut.1"}.get(flax_module, flax_module)
     if arch.startswith("wrn_"):
         match = re.fullmatch(r"block(\d+)_(\d+)", flax_module)
         return f"block{match[1]}.layer.{match[2]}" if match else flax_module
