@@ -269,9 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"arch": args.arch, "source": str(src.absolute()), "sha256": _sha256(src), "num_params": count,
             "dropped_keys": dropped}
     target = save_converted(variables, args.out, meta)
-    print(f"{args.arch}: {count:,} parameters from {src.name} -> {target}; dropped {len(dropped)} key(s) "
-          f"(classifier, num_batches_tracked)")
-    print(f"use it with --config.model.backbone={args.arch} --config.model.pretrained={Path(args.out).absolute()}")
+    kept = "num_batches_tracked; classifier kept" if args.arch in CIFAR_NETWORKS else "classifier, num_batches_tracked"
+    print(f"{args.arch}: {count:,} parameters from {src.name} -> {target}; dropped {len(dropped)} key(s) ({kept})")
+    out = Path(args.out).absolute()
+    if args.arch in CIFAR_NETWORKS:
+        print(f"use it as a teacher with --config.distill.teacher_arch={args.arch} --config.distill.teacher={out}")
+    else:
+        print(f"use it with --config.model.backbone={args.arch} --config.model.pretrained={out}")
     return 0
 
 
