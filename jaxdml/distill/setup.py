@@ -29,7 +29,7 @@ from jaxdml.distill.model import ClassificationModel, build_classifier, student_
 from jaxdml.layers.template import downscale_2x2
 from jaxdml.losses import distill as kd
 from jaxdml.models.cifar import classifier_name
-from jaxdml.models.convert import ConversionError, load_pretrained, save_converted
+from jaxdml.models.convert import ConversionError, check_fits, load_pretrained, save_converted
 from jaxdml.train.optim import make_optimizer
 from jaxdml.train.step import TrainState, _apply, guarded_update
 
@@ -63,22 +63,11 @@ def load_teacher(cfg: ml_collections.ConfigDict, num_classes: int) -> Teacher | 
     if classes != num_classes:
         raise ConversionError(f"the teacher {d.teacher!r} classifies {classes} classes, the data has {num_classes}")
     model = build_classifier(cfg, num_classes, arch=d.teacher_arch)
-    variables = {"params": {"backbone": raw["params"]}, "batch_stats": {"backbone": raw["batch_stats"]}}
     expected = jax.eval_shape(lambda: model.init(jax.random.key(0), _sample(cfg)))
-    mismatch = [jax.tree_util.keystr(p) for p, a in jax.tree_util.tree_flatten_with_path(expected)[0]
-                if _leaf(variables, p) is None or tuple(_leaf(variables, p).shape) != tuple(a.shape)]
-    if mismatch:
-        raise ConversionError(f"the teacher weights do not fit {d.teacher_arch}: {mismatch[:10]}")
+    check_fits(raw, {"params": expected["params"]["backbone"],
+                     "batch_stats": expected["batch_stats"]["backbone"]}, d.teacher)
+    variables = {"params": {"backbone": raw["params"]}, "batch_stats": {"backbone": raw["batch_stats"]}}
     return Teacher(model, jax.tree.map(jnp.asarray, variables))
-
-
-def _leaf(tree: Any, path: tuple) -> Any:
-    for key in path:
-        name = getattr(key, "key", None)
-        if not isinstance(tree, dict) or name not in tree:
-            return None
-        tree = tree[name]
-    return tree
 
 
 def _sample(cfg: ml_collections.ConfigDict) -> jnp.ndarray:
@@ -100,9 +89,10 @@ def _teacher_map(teacher_features: jnp.ndarray, student_size: int) -> jnp.ndarra
 
 
 def collect_teacher_features(cfg: ml_collections.ConfigDict, teacher: Teacher, source: Source,
-                             blocks: dict[str, int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                             blocks: dict[str, int]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Teacher feature rows at ``blocks`` ({block: student map size}) over ``source`` (evaluation transform),
-    each location one row labelled by its image; at most ``distill.letkd.max_points`` rows per block."""
+    each location one row labelled by its image (the labels per block are returned next to the rows); at most
+    about ``distill.letkd.max_points`` rows per block, sampled uniformly."""
     d = cfg.data
     maker = pipeline.EvalBatches(source, cfg.eval.batch_size, d.image_size, d.resize_size, d.skip_corrupt)
 
@@ -321,6 +311,6 @@ def export_network(cfg: ml_collections.ConfigDict, state: TrainState, num_classe
     variables = jax.device_get({"params": state.params["backbone"],
                                 "batch_stats": state.model_state.get("batch_stats", {}).get("backbone", {})})
     meta = {"arch": cfg.model.backbone, "source": str(workdir.absolute()), "num_classes": num_classes,
-            "sha256": "", "num_params": int(sum(np.size(x) for x in jax.tree.leaves(variables["params"]))),
+            "sha256": None, "num_params": int(sum(np.size(x) for x in jax.tree.leaves(variables["params"]))),
             "dropped_keys": []}
     return save_converted(variables, workdir / EXPORT_DIR, meta)

@@ -29,6 +29,7 @@ from jaxdml.data import pipeline
 from jaxdml.data.datasets import DataSplits, load_data
 from jaxdml.data.sampler import HierarchicalSampler, MPerClassSampler, OnePerClassSampler, ShuffleSampler
 from jaxdml.data.sources import Source, num_classes
+from jaxdml.distill.setup import ClassificationEvaluator, build_classification_training, export_network
 from jaxdml.eval import retrieval_metrics
 from jaxdml.losses import make_objective
 from jaxdml.models import build_model
@@ -227,8 +228,6 @@ class Trainer:
         self.sampler = build_sampler(cfg, self.data.train)
         self.num_classes = num_classes(self.data.train)
         if cfg.task == "classification":
-            from jaxdml.distill.setup import build_classification_training
-
             setup = build_classification_training(cfg, mesh, self.num_classes, self.data.train, self.workdir)
         else:
             setup = build_training(cfg, mesh, self.num_classes)
@@ -244,8 +243,6 @@ class Trainer:
             log.info("resumed from %s at step %d", self.checkpointer.directory, int(self.state.step))
 
         if cfg.task == "classification":
-            from jaxdml.distill.setup import ClassificationEvaluator
-
             self.evaluator = ClassificationEvaluator(cfg, setup.model, mesh, setup.state_sharding)
         else:
             self.evaluator = Evaluator(cfg, setup.model, mesh, setup.state_sharding)
@@ -283,8 +280,6 @@ class Trainer:
                 print(f"best on val (step {best_step}), test: {_format(summary['best'])}", flush=True)
             self.save(cfg.train.num_steps)
             if cfg.task == "classification":
-                from jaxdml.distill.setup import export_network
-
                 export_network(cfg, self.state, self.num_classes, self.workdir)
             (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             return summary
