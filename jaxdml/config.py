@@ -47,8 +47,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Decode-once image cache (jaxdml.data.cache) for real datasets: decoded images, shorter side data.resize_size,
     # in one memory-mapped file per split shared by all workers. None = off; "default" = <TFDS data_dir>/jaxdml_cache.
     c.data.cache_dir = config_dict.placeholder(str)
-    c.data.augment = "random_resized_crop"  # random_resized_crop | pad_crop (CIFAR: pad, random crop) | none
+    # random_resized_crop | pad_crop (CIFAR: pad, random crop) | rotate (random rotation; Tiny-ImageNet) | none
+    c.data.augment = "random_resized_crop"
     c.data.crop_padding = 4  # pad_crop: pixels of zero padding on each side
+    c.data.rotation_degrees = 20.0  # rotate: angles uniform in [-degrees, degrees]
     c.data.skip_corrupt = False  # undecodable images: error (False) or replace/skip and count (True)
 
     c.model = ml_collections.ConfigDict()
@@ -191,8 +193,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if cfg.data.sampler not in ("m_per_class", "one_per_class", "hierarchical", "shuffle"):
         raise ConfigError(f"data.sampler={cfg.data.sampler!r}: use 'm_per_class', 'one_per_class', 'hierarchical' "
                           f"or 'shuffle'.")
-    if cfg.data.augment not in ("random_resized_crop", "pad_crop", "none"):
-        raise ConfigError(f"data.augment={cfg.data.augment!r}: use 'random_resized_crop', 'pad_crop' or 'none'.")
+    if cfg.data.augment not in ("random_resized_crop", "pad_crop", "rotate", "none"):
+        raise ConfigError(f"data.augment={cfg.data.augment!r}: use 'random_resized_crop', 'pad_crop', 'rotate' or "
+                          f"'none'.")
     if cfg.data.sampler not in ("one_per_class", "shuffle") and cfg.train.batch_size % cfg.data.samples_per_class:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is not a multiple of "

@@ -100,3 +100,28 @@ def test_eval_batches_pad_and_skip():
     np.testing.assert_array_equal(second["labels"][:3], [1, 1, 1])
     with pytest.raises(CorruptRecordError):
         pipeline.EvalBatches(source, 5, 8, 8, skip_corrupt=False)(0)
+
+
+@pytest.mark.parametrize("augment", ["pad_crop", "rotate", "none"])
+def test_classification_augmentations_are_deterministic_per_step(augment):
+    from jaxdml.data import transforms
+    from jaxdml.data.digits import load_digit_numbers
+    from jaxdml.data.sampler import ShuffleSampler
+
+    train, _ = load_digit_numbers()
+    sampler = ShuffleSampler(train.labels, 32, seed=0)
+    make = pipeline.TrainBatches(train, sampler, seed=0, image_size=16, crop_area=(1.0, 1.0), crop_aspect=(1.0, 1.0),
+                                 flip=False, augment=augment, padding=2, degrees=20.0)
+    a, b = make(5), make(5)
+    np.testing.assert_array_equal(a["images"], b["images"])
+    assert a["images"].shape == (32, 16, 16, 3) and not np.array_equal(a["images"], make(6)["images"])
+    first = train.image(int(sampler.batch_indices(5)[0]))
+    rng = np.random.default_rng([0, pipeline._AUGMENT, 5, 0])
+    if augment == "rotate":
+        expected = transforms.rotate_flip_transform(first, rng, degrees=20.0, flip=False)
+    else:
+        expected = transforms.pad_crop_transform(first, rng, size=16, padding=2 if augment == "pad_crop" else 0,
+                                                 flip=False)
+    np.testing.assert_array_equal(a["images"][0], expected)
+    if augment == "none":
+        np.testing.assert_array_equal(a["images"][0], first)  # 16x16 images: the image itself

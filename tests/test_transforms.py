@@ -58,3 +58,47 @@ def test_eval_transform_resizes_shorter_side_and_takes_the_centre():
 def test_eval_transform_rejects_crop_larger_than_resize():
     with pytest.raises(ValueError, match=r"smaller than data\.image_size"):
         transforms.eval_transform(np.zeros((8, 8, 3), np.uint8), resize_size=8, size=16)
+
+
+class _FixedAngle:
+    """An rng whose uniform() returns a chosen angle and whose random() decides the flip."""
+
+    def __init__(self, angle: float, flip_draw: float):
+        self.angle, self.flip_draw = angle, flip_draw
+
+    def uniform(self, low, high):
+        assert (low, high) == (-20.0, 20.0)
+        return self.angle
+
+    def random(self):
+        return self.flip_draw
+
+
+@pytest.mark.parametrize("angle", [-17.3, 0.0, 12.5])
+def test_rotation_matches_torchvision_random_rotation(angle):
+    torchvision = pytest.importorskip("torchvision")
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as tf
+
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ours = transforms.rotate_flip_transform(image, _FixedAngle(angle, 0.9), degrees=20.0, flip=True)
+    expected = np.asarray(tf.rotate(Image.fromarray(image), angle, interpolation=InterpolationMode.NEAREST))
+    np.testing.assert_array_equal(ours, expected)
+    assert torchvision.transforms.RandomRotation(20).interpolation == InterpolationMode.NEAREST  # its default
+    flipped = transforms.rotate_flip_transform(image, _FixedAngle(angle, 0.1), degrees=20.0, flip=True)
+    np.testing.assert_array_equal(flipped, expected[:, ::-1])
+
+
+def test_pad_crop_is_random_crop_with_zero_padding():
+    image = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3) + 1
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(50):
+        out = transforms.pad_crop_transform(image, rng, size=4, padding=1, flip=False)
+        assert out.shape == (4, 4, 3)
+        padded = np.pad(image, ((1, 1), (1, 1), (0, 0)))
+        match = [(t, c) for t in range(3) for c in range(3) if np.array_equal(padded[t:t + 4, c:c + 4], out)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) == 9  # every offset of the 9 occurs

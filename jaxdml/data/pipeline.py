@@ -56,10 +56,12 @@ class TrainBatches:
     skip_corrupt: bool = False
     shard_index: int = 0  # this host's slice of the global batch (multi-host runs)
     shard_count: int = 1
-    # "random_resized_crop", "pad_crop" (CIFAR: zero-pad ``padding``, random crop, flip) or "none" (a random
-    # image_size crop, unpadded and unflipped: the image itself when it is image_size already)
+    # "random_resized_crop", "pad_crop" (CIFAR: zero-pad ``padding``, random crop, flip), "rotate" (rotation
+    # by up to ``degrees`` + flip, Tiny-ImageNet in letKD) or "none" (a random image_size crop, unpadded and
+    # unflipped: the image itself when it is image_size already)
     augment: str = "random_resized_crop"
     padding: int = 4
+    degrees: float = 20.0
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         indices = np.array_split(self.sampler.batch_indices(int(step)), self.shard_count)[self.shard_index]
@@ -71,7 +73,9 @@ class TrainBatches:
             label = self.source.labels[index]
             image, n = _load(self.source, index, self.skip_corrupt, self.sampler.members[label])
             skipped += n
-            if self.augment in ("pad_crop", "none"):
+            if self.augment == "rotate":
+                images[slot] = transforms.rotate_flip_transform(image, rng, degrees=self.degrees, flip=self.flip)
+            elif self.augment in ("pad_crop", "none"):
                 padding = self.padding if self.augment == "pad_crop" else 0
                 images[slot] = transforms.pad_crop_transform(image, rng, size=self.image_size, padding=padding,
                                                              flip=self.flip and self.augment == "pad_crop")

@@ -63,6 +63,18 @@ def pad_crop_transform(image: np.ndarray, rng: np.random.Generator, *, size: int
     return out
 
 
+def rotate_flip_transform(image: np.ndarray, rng: np.random.Generator, *, degrees: float, flip: bool) -> np.ndarray:
+    """A rotation by a uniform angle in [-degrees, degrees] about the centre (nearest neighbour, same size, zero
+    fill: ``RandomRotation(degrees)``) and an optional random horizontal flip (letKD's Tiny-ImageNet
+    augmentation)."""
+    angle = float(rng.uniform(-degrees, degrees))
+    out = np.asarray(Image.fromarray(image).rotate(angle, resample=Image.Resampling.NEAREST, expand=False,
+                                                   fillcolor=0))
+    if flip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return out
+
+
 def eval_transform(image: np.ndarray, *, resize_size: int, size: int) -> np.ndarray:
     """Shorter side to ``resize_size`` (aspect kept), then the central ``size`` x ``size`` crop."""
     height, width = image.shape[:2]

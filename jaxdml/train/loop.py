@@ -318,7 +318,7 @@ class Trainer:
         make_batch = pipeline.TrainBatches(
             self.data.train, self.sampler, cfg.seed, d.image_size, tuple(d.crop_area), tuple(d.crop_aspect),
             d.flip, d.skip_corrupt, jax.process_index(), jax.process_count(), d.augment,
-            d.crop_padding)
+            d.crop_padding, d.rotation_degrees)
         batches = _prefetch(pipeline.iterate(make_batch, start, t.num_steps, d.num_workers), self.batch_sharding)
         progress = _progress(t, start)
         stop = _StopFlag()
