@@ -127,3 +127,24 @@ def test_fitnet_regressor_maps_the_student_hint_onto_the_teacher_map(scale, size
     x = jnp.ones((2, 8, 8, 16))
     out, _ = regressor.init_with_output(jax.random.key(0), x, train=False)
     assert out.shape == (2, size, size, 24)
+
+
+def test_an_interrupted_classification_run_resumes_exactly(tmp_path):
+    straight = tiny(load_config_file(f"{STUDENT}:none"), steps=4)
+    straight.optim.schedule = "constant"
+    train_and_evaluate(straight, tmp_path / "straight")
+    half = tiny(load_config_file(f"{STUDENT}:none"), steps=2)
+    half.optim.schedule = "constant"
+    train_and_evaluate(half, tmp_path / "resumed")
+    train_and_evaluate(straight, tmp_path / "resumed")  # the same command again, now with 4 steps: resumes at 2
+
+    def state(workdir):
+        trainer = Trainer(straight, workdir)
+        trainer.writer.close()
+        trainer.checkpointer.close()
+        return jax.device_get(trainer.state)
+
+    a, b = state(tmp_path / "straight"), state(tmp_path / "resumed")
+    assert int(a.step) == int(b.step) == 4
+    for part in ("params", "model_state", "opt_state"):
+        jax.tree.map(np.testing.assert_array_equal, getattr(a, part), getattr(b, part))
