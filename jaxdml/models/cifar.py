@@ -71,42 +71,18 @@ def _check_inserts(inserts: tuple[Insert, ...], blocks: list[str]) -> None:
 
 
 class CifarResNet(nn.Module):
-    """ResNet for 32x32 inputs (3x3 stem, three stages, ``depth = 6n + 2`` basic / ``9n + 2`` bottleneck)."""
+    """ResNet for 32x32 inputs: a 3x3 stride-1 stem, then stages of basic or bottleneck blocks (the first block
+    of every stage after the first strides by 2), global average pooling and the classifier.
 
-    depth: int
-    widths: tuple[int, int, int, int]
+    The KD code base's ``resnet*`` have three stages of ``(depth - 2) / 6`` basic blocks; its CIFAR ``ResNet50``
+    (``resnetv2.py``, the letKD paper's teacher for MobileNetV2) has four bottleneck stages and ``linear``.
+    """
+
+    stage_sizes: tuple[int, ...]
+    widths: tuple[int, ...]  # stem, then one per stage
     num_classes: int
     bottleneck: bool = False
-    inserts: tuple[Insert, ...] = ()
-    dtype: Any = jnp.float32
-
-    def block_names(self) -> list[str]:
-        n = (self.depth - 2) // (9 if self.bottleneck else 6)
-        return [f"layer{s + 1}_{j}" for s in range(3) for j in range(n)] + ["final"]
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, Any]:
-        names = self.block_names()
-        _check_inserts(self.inserts, names)
-        after = _Inserts(self, self.inserts, train)
-        block = Bottleneck if self.bottleneck else BasicBlock
-        x = nn.Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
-                    kernel_init=conv_init, name="conv1")(x.astype(self.dtype))
-        x = nn.relu(_batch_norm(self.dtype, "bn1")(x, use_running_average=not train))
-        for name in names[:-1]:
-            stage, j = (int(v) for v in name[len("layer"):].split("_"))
-            stride = 2 if stage > 1 and j == 0 else 1
-            x = after(name, block(self.widths[stage], stride, self.dtype, name=name)(x, train))
-        x = after("final", x)
-        return _classify(self, x, after)
-
-
-class CifarResNet50(nn.Module):
-    """The KD code base's ``ResNet50`` for CIFAR (``resnetv2.py``): a 3x3 stride-1 stem of 64 channels and four
-    bottleneck stages (64/128/256/512 x 4, 3/4/6/3 blocks); the letKD paper's teacher for MobileNetV2."""
-
-    num_classes: int
-    stage_sizes: tuple[int, int, int, int] = (3, 4, 6, 3)
+    classifier: str = "fc"
     inserts: tuple[Insert, ...] = ()
     dtype: Any = jnp.float32
 
@@ -117,16 +93,17 @@ class CifarResNet50(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, Any]:
         _check_inserts(self.inserts, self.block_names())
         after = _Inserts(self, self.inserts, train)
-        x = nn.Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, kernel_init=conv_init,
-                    name="conv1")(x.astype(self.dtype))
+        block = Bottleneck if self.bottleneck else BasicBlock
+        x = nn.Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
+                    kernel_init=conv_init, name="conv1")(x.astype(self.dtype))
         x = nn.relu(_batch_norm(self.dtype, "bn1")(x, use_running_average=not train))
         for s, n in enumerate(self.stage_sizes):
             for j in range(n):
                 name = f"layer{s + 1}_{j}"
                 stride = 2 if s > 0 and j == 0 else 1
-                x = after(name, Bottleneck(64 * 2**s, stride, self.dtype, name=name)(x, train))
+                x = after(name, block(self.widths[s + 1], stride, self.dtype, name=name)(x, train))
         x = after("final", x)
-        return _classify(self, x, after, name="linear")
+        return _classify(self, x, after, name=self.classifier)
 
 
 class WideBasicBlock(nn.Module):
@@ -361,7 +338,8 @@ class ShuffleNetV2(nn.Module):
 
 
 def _resnet(depth: int, widths: tuple[int, int, int, int]) -> Callable[..., nn.Module]:
-    return lambda num_classes, dtype=jnp.float32, inserts=(): CifarResNet(depth, widths, num_classes,
+    n = (depth - 2) // 6
+    return lambda num_classes, dtype=jnp.float32, inserts=(): CifarResNet((n, n, n), widths, num_classes,
                                                                           inserts=tuple(inserts), dtype=dtype)
 
 
@@ -376,8 +354,9 @@ CIFAR_NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "resnet8x4": _resnet(8, _WIDE),
     "resnet32x4": _resnet(32, _WIDE),
     **{f"wrn_{d}_{k}": _wrn(d, k) for d, k in ((16, 1), (16, 2), (40, 1), (40, 2))},
-    "cifar_resnet50": lambda num_classes, dtype=jnp.float32, inserts=(): CifarResNet50(
-        num_classes, inserts=tuple(inserts), dtype=dtype),
+    "cifar_resnet50": lambda num_classes, dtype=jnp.float32, inserts=(): CifarResNet(
+        (3, 4, 6, 3), (64, 64, 128, 256, 512), num_classes, bottleneck=True, classifier="linear",
+        inserts=tuple(inserts), dtype=dtype),
     "mobilenetv2": lambda num_classes, dtype=jnp.float32, inserts=(): MobileNetV2(
         num_classes, inserts=tuple(inserts), dtype=dtype),
     "shufflev1": lambda num_classes, dtype=jnp.float32, inserts=(): ShuffleNetV1(
