@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdml.kernels import METHODS, gsp_transport
 from jaxdml.layers.gsp import gsp_pool
-from kernels import METHODS, gsp_transport
 
 
 def median_ms(fn, *args, repeats: int) -> float:

@@ -30,7 +30,9 @@ from jaxdml.config import default_config
 from jaxdml.data import cache, pipeline
 from jaxdml.data.sampler import MPerClassSampler
 from jaxdml.data.sources import ArraySource
-from jaxdml.train.loop import build_training, create_mesh
+from jaxdml.train.state import create_mesh
+from jaxdml.train.step import batch_sharding
+from jaxdml.trainers import metric_learning_procedure, resolve_config, setup_training
 
 
 def _timed(step, warmup: int, steps: int) -> float:
@@ -54,10 +56,12 @@ def jaxdml_step_seconds(pooling: str, zsr: float, args: argparse.Namespace) -> f
     cfg.loss.zsr.weight = zsr
     cfg.data.image_size, cfg.train.batch_size = args.image_size, args.batch
     classes = args.batch // 4
-    setup = build_training(cfg, create_mesh(), classes)
+    cfg, _ = resolve_config(cfg)
+    mesh = create_mesh()
+    setup = setup_training(cfg, metric_learning_procedure(cfg, classes), mesh)
     images = np.random.default_rng(0).integers(0, 256, (args.batch, args.image_size, args.image_size, 3), np.uint8)
-    batch = {"images": jax.device_put(images, setup.batch_sharding),
-             "labels": jax.device_put(np.repeat(np.arange(classes), 4).astype(np.int32), setup.batch_sharding)}
+    batch = {"images": jax.device_put(images, batch_sharding(mesh)),
+             "labels": jax.device_put(np.repeat(np.arange(classes), 4).astype(np.int32), batch_sharding(mesh))}
     state = setup.state
 
     def step() -> None:
@@ -119,8 +123,8 @@ def pipeline_images_per_second(args: argparse.Namespace) -> float:
         cached = cache.cached(source, 256, directory)
         del images, source
         sampler = MPerClassSampler(cached.labels, args.batch // 4, 4, seed=0)
-        make = pipeline.TrainBatches(cached, sampler, seed=0, image_size=args.image_size, crop_area=(0.16, 1.0),
-                                     crop_aspect=(3 / 4, 4 / 3), flip=True)
+        make = pipeline.TrainBatches(source=cached, sampler=sampler, seed=0, image_size=args.image_size,
+                                     crop_area=(0.16, 1.0), crop_aspect=(3 / 4, 4 / 3), flip=True)
         batches = pipeline.iterate(make, 0, args.pipeline_batches + 1 + 2 * args.workers, args.workers)
         for _ in range(1 + args.workers):  # worker start-up
             next(batches)

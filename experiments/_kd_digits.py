@@ -6,7 +6,7 @@ from jaxdml.config import default_config
 
 def get_config(arch: str, num_steps: int):
     config = default_config()
-    config.task = "classification"
+    config.trainer = "distillation"
     config.data.name = "digit_numbers"
     config.data.image_size = 16
     config.data.resize_size = 16

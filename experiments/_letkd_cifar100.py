@@ -29,7 +29,7 @@ def hint_block(arch: str) -> str:
 
 def get_config(student: str, teacher: str | None = None, method: str = "none", lr: float = 0.05):
     config = default_config()
-    config.task = "classification"
+    config.trainer = "distillation"
     config.data.name = "cifar100"
     config.data.image_size = 32
     config.data.resize_size = 32

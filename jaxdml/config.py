@@ -16,18 +16,31 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+# The allowed values of every key with a closed set of values live next to the code that dispatches on them;
+# validation reads them from there.
+from jaxdml.data.datasets import DATASETS
+from jaxdml.data.pipeline import AUGMENTATIONS
+from jaxdml.data.sampler import GROUPED_SAMPLERS, SAMPLERS
+from jaxdml.errors import ConfigError
+from jaxdml.eval import EVALUATORS
+from jaxdml.kernels import METHODS as GSP_METHODS
+from jaxdml.losses import LOSSES, MINERS
+from jaxdml.models.backbones import BACKBONES
+from jaxdml.models.cifar import CIFAR_NETWORKS
+from jaxdml.models.model import COMPUTE_DTYPES, POOLING_NAMES
+from jaxdml.train.optim import OPTIMIZERS, SCHEDULES
 
-class ConfigError(ValueError):
-    """A configuration that cannot run, with a message that says how to fix it."""
+__all__ = ["ConfigError", "check_overrides", "default_config", "load_config_file", "load_sibling", "suggest",
+           "unknown_keys", "validate"]
 
 
 def default_config() -> ml_collections.ConfigDict:
     """All keys with their defaults (the embedded digits experiment runs with these)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # retrieval: metric learning (embeddings, retrieval metrics). classification: a classifier trained with
-    # cross-entropy, optionally distilled from a teacher (the `distill` section); top-1 accuracy.
-    c.task = "retrieval"
+    # The procedure (jaxdml.trainers.TRAINERS): metric_learning (embeddings, retrieval metrics) | distillation (a
+    # classifier trained with cross-entropy, optionally distilled from a teacher: the `distill` section; accuracy).
+    c.trainer = "metric_learning"
 
     c.data = ml_collections.ConfigDict()
     # retrieval: digit_pairs | digit_collage (embedded) | caltech_birds2011 | cars196 | stanford_online_products |
@@ -64,7 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.gsp.num_prototypes = 64  # K: 64 for CUB/Cars, 128 for SOP/In-Shop
     c.model.gsp.transport_ratio = 0.3  # mu; 1.0 is exactly GAP
     c.model.gsp.gamma = 5.0  # entropy weight (inverse temperature); the PyTorch release used 0.1
-    c.model.gsp.method = "newton"  # newton | fixed_point | ott (see kernels.gsp_transport)
+    c.model.gsp.method = "newton"  # newton | fixed_point | ott (see jaxdml.kernels.gsp_transport)
     c.model.gsp.memory_size = 1024  # prototypes by greedy k-center over this many GAP embeddings (GAP until full)
     c.model.gsp.prototypes_file = config_dict.placeholder(str)  # .npy (K, embedding_dim): use these instead
     c.model.gsp.augment_max_pool = False  # add the global max pool of the projected features
@@ -113,6 +126,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 250
     c.train.keep_checkpoints = 2  # latest N kept, plus the best by eval.selection_metric
     c.train.progress_bar = True
+    c.train.patience = 0  # early stopping: evaluations without a new best before training ends (0 = never)
 
     c.distill = ml_collections.ConfigDict()  # task = classification: teacher and distillation terms
     c.distill.method = "none"  # none | kd (Hinton) | fitnet | letkd
@@ -145,9 +159,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.distill.template.weight = 1.0
 
     c.eval = ml_collections.ConfigDict()
+    c.eval.evaluator = ""  # retrieval | accuracy (jaxdml.eval.EVALUATORS); "" = the trainer's own
     c.eval.batch_size = 256
     c.eval.ks = (1, 2, 4, 8)  # Recall@K values
-    c.eval.selection_metric = "map_at_r"  # metric that picks the best checkpoint (classification: accuracy)
+    c.eval.selection_metric = ""  # metric that picks the best checkpoint; "" = map_at_r (retrieval), accuracy
     c.eval.clustering = True  # NMI / AMI (k-means on the query embeddings)
     c.eval.at_start = True  # evaluate the untrained network too
     return c
@@ -164,7 +179,8 @@ def _flatten(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]
     return out
 
 
-def _suggest(key: str, valid: Iterable[str]) -> str:
+def suggest(key: str, valid: Iterable[str]) -> str:
+    """`` Did you mean: a, b?`` for the valid names closest to ``key`` (empty when none is close)."""
     valid = list(valid)
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
     if not close:  # the right name in the wrong section, e.g. 'data.batch_size' for 'train.batch_size'
@@ -179,24 +195,57 @@ def unknown_keys(cfg: ml_collections.ConfigDict) -> list[str]:
     return [k for k in _flatten(cfg) if k not in valid]
 
 
+# Keys with a closed set of values -> the allowed values (read from the registries the code dispatches on).
+CHOICES: dict[str, Iterable[str]] = {
+    "data.name": DATASETS,
+    "data.sampler": SAMPLERS,
+    "data.augment": AUGMENTATIONS,
+    "model.backbone": (*BACKBONES, *CIFAR_NETWORKS),
+    "model.pooling": POOLING_NAMES,
+    "model.gsp.method": GSP_METHODS,
+    "model.compute_dtype": COMPUTE_DTYPES,
+    "loss.name": LOSSES,
+    "optim.name": OPTIMIZERS,
+    "optim.schedule": SCHEDULES,
+    "eval.evaluator": EVALUATORS,
+}
+
+
+def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _check_choice(key: str, value: Any, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}.{suggest(str(value), allowed)}")
+
+
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Raises :class:`ConfigError` for unknown keys or inconsistent values; returns ``cfg``."""
+    """Raises :class:`ConfigError` for unknown keys or values outside their allowed set; returns ``cfg``.
+
+    ``trainer``, ``distill.method`` and the procedure-specific rules are checked by the trainers
+    (:func:`jaxdml.trainers.resolve_config`), which also fill in ``eval.evaluator`` and ``eval.selection_metric``.
+    """
     valid = _flatten(default_config())
     bad = unknown_keys(cfg)
     if bad:
-        msgs = [f"unknown config key '{k}'.{_suggest(k, valid)}" for k in bad]
+        msgs = [f"unknown config key '{k}'.{suggest(k, valid)}" for k in bad]
         raise ConfigError("; ".join(msgs) + " Valid keys are listed in jaxdml/config.py (default_config).")
-    if cfg.task not in ("retrieval", "classification"):
-        raise ConfigError(f"task={cfg.task!r}: use 'retrieval' or 'classification'.")
-    if cfg.task == "classification":
-        _validate_classification(cfg)
-    if cfg.data.sampler not in ("m_per_class", "one_per_class", "hierarchical", "shuffle"):
-        raise ConfigError(f"data.sampler={cfg.data.sampler!r}: use 'm_per_class', 'one_per_class', 'hierarchical' "
-                          f"or 'shuffle'.")
-    if cfg.data.augment not in ("random_resized_crop", "pad_crop", "rotate", "none"):
-        raise ConfigError(f"data.augment={cfg.data.augment!r}: use 'random_resized_crop', 'pad_crop', 'rotate' or "
-                          f"'none'.")
-    if cfg.data.sampler not in ("one_per_class", "shuffle") and cfg.train.batch_size % cfg.data.samples_per_class:
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if key == "eval.evaluator" and not value:
+            continue
+        _check_choice(key, value, allowed)
+    if cfg.loss.miner.name:
+        _check_choice("loss.miner.name", cfg.loss.miner.name, MINERS)
+    if cfg.eval.evaluator and cfg.eval.selection_metric:
+        _check_choice("eval.selection_metric", cfg.eval.selection_metric,
+                      EVALUATORS[cfg.eval.evaluator].metric_names(cfg.eval))
+    if cfg.data.sampler in GROUPED_SAMPLERS and cfg.train.batch_size % cfg.data.samples_per_class:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is not a multiple of "
             f"data.samples_per_class={cfg.data.samples_per_class}; choose e.g. "
@@ -204,29 +253,11 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if cfg.model.pretrained and cfg.model.backbone == "small_cnn":
         raise ConfigError("model.pretrained is set, but small_cnn has no pretrained weights; set model.backbone to "
                           "one of resnet18/34/50/101 or bninception.")
-    if cfg.model.compute_dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"model.compute_dtype={cfg.model.compute_dtype!r}: use 'float32' or 'bfloat16'.")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in [0, 1).")
+    if cfg.train.patience < 0:
+        raise ConfigError(f"train.patience={cfg.train.patience} must be >= 0 (0 = no early stopping).")
     return cfg
-
-
-def _validate_classification(cfg: ml_collections.ConfigDict) -> None:
-    from jaxdml.models.cifar import CIFAR_NETWORKS
-
-    d = cfg.distill
-    if cfg.model.backbone not in CIFAR_NETWORKS:
-        raise ConfigError(f"task='classification' trains the networks of jaxdml.models.cifar; model.backbone="
-                          f"{cfg.model.backbone!r} is not one of {sorted(CIFAR_NETWORKS)}.")
-    if d.method not in ("none", "kd", "fitnet", "letkd"):
-        raise ConfigError(f"distill.method={d.method!r}: use 'none', 'kd', 'fitnet' or 'letkd'.")
-    needs_teacher = d.method != "none" or d.kd_weight > 0
-    if needs_teacher and not (d.teacher and d.teacher_arch):
-        raise ConfigError(f"distill.method={d.method!r} needs a teacher: set distill.teacher_arch (e.g. resnet56) "
-                          f"and distill.teacher (a converted checkpoint, a .pth or a jaxdml classification workdir).")
-    if cfg.eval.selection_metric not in ("accuracy", "top5_accuracy"):
-        raise ConfigError(f"eval.selection_metric={cfg.eval.selection_metric!r}: classification reports 'accuracy' "
-                          f"and 'top5_accuracy'.")
 
 
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
@@ -261,7 +292,7 @@ def check_overrides(cfg: ml_collections.ConfigDict, argv: Sequence[str], flag: s
             continue
         key = arg[len(prefix):].split("=", 1)[0]
         if not _exists(cfg, key):
-            raise ConfigError(f"unknown config key '{key}' in {arg.split('=', 1)[0]}.{_suggest(key, valid)}")
+            raise ConfigError(f"unknown config key '{key}' in {arg.split('=', 1)[0]}.{suggest(key, valid)}")
 
 
 def _exists(cfg: ml_collections.ConfigDict, dotted: str) -> bool:

@@ -1,60 +1,39 @@
-"""Command-line entry point.
+"""Command-line entry point: trains and evaluates one experiment in one workdir.
 
-    python -m jaxdml.main --config experiments/digits.py --workdir runs/digits
-    python -m jaxdml.main --config experiments/digits.py --workdir runs/digits --config.train.batch_size=64
+    python -m jaxdml.main --config experiments/digit_pairs.py --workdir runs/digit_pairs
+    python -m jaxdml.main --config experiments/digit_pairs.py --workdir runs/digit_pairs --config.train.batch_size=64
 
-``--workdir`` holds everything the run writes; rerunning the same command resumes from its newest
-checkpoint. Errors a user can fix (unknown config keys, a dataset that is not prepared, a diverged loss, a
-corrupt image) are printed as one message without a traceback; the exit status is 1 for those, 2 for bad
-flags, and 128 + signal number after SIGINT/SIGTERM (the checkpoint is saved first).
+``--workdir`` holds everything the run writes; rerunning the same command resumes from its newest checkpoint.
+``config.trainer`` picks the procedure (``jaxdml.trainers.TRAINERS``). Errors a user can fix (unknown config keys
+or values, a dataset that is not prepared, a diverged loss, a corrupt image, unusable weights) are printed as one
+message without a traceback; the exit status is 1 for those, 2 for bad flags, and 128 + signal number after
+SIGINT/SIGTERM (the checkpoint is saved first).
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, logging
 
-from jaxdml.config import ConfigError, check_overrides, load_config_file
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file (experiments/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs (resumes).")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """Checks ``--config.*`` overrides against the experiment's keys before absl applies them."""
-    config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if config_path is None and "--config" in argv[:-1]:
-        config_path = argv[argv.index("--config") + 1]
-    try:
-        if config_path is not None:
-            check_overrides(load_config_file(config_path), argv)
-        return flags.FLAGS(argv)
-    except (ConfigError, flags.Error) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+from jaxdml.cli import CONFIG, WORKDIR, parse_flags, run_user_errors
 
 
 def main(argv: list[str]) -> None:
     del argv
-    from jaxdml.data.sources import CorruptRecordError, DatasetNotPreparedError
-    from jaxdml.models.convert import ConversionError
-    from jaxdml.train.loop import Interrupted, TrainingDivergedError, train_and_evaluate
+    from jaxdml.train.loop import Interrupted
+    from jaxdml.trainers import train_and_evaluate
 
     logging.set_verbosity(logging.WARNING)
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        run_user_errors(lambda: train_and_evaluate(CONFIG.value, WORKDIR.value))
     except Interrupted as stop:
         print(str(stop), file=sys.stderr)
         sys.exit(128 + stop.signum)
-    except (ConfigError, DatasetNotPreparedError, TrainingDivergedError, CorruptRecordError,
-            ConversionError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    from absl import flags
+
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main, flags_parser=parse_flags)

@@ -1,5 +1,5 @@
 """Differentiable optimal-transport kernels for jaxdml (Generalized Sum Pooling's partial transport)."""
 
-from kernels.gsp import METHODS, gsp_transport
+from jaxdml.kernels.gsp import METHODS, gsp_transport
 
 __all__ = ["METHODS", "gsp_transport"]

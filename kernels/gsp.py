@@ -19,7 +19,7 @@ Methods of :func:`gsp_transport`:
   ``p = q / (1 + m S)``, ``m <- mu / sum_j p_j S_j``, one more of each, ``P = m Kb p``; its analytic KKT
   gradient (``grad_method='inv'``). It can stop short of the optimum when it converges slowly.
 * ``"ott"``: the same optimum as an N x 2 entropic OT problem solved by ott-jax's Sinkhorn with implicit
-  differentiation (:mod:`kernels.gsp_ott`).
+  differentiation (:mod:`jaxdml.kernels.gsp_ott`).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def gsp_transport(cost: jnp.ndarray, transport_ratio: float, gamma: float, *, me
                             "Python numbers (its gradient is with respect to the cost only)")
         plan = _fixed_point_solution(work, float(transport_ratio), float(gamma), int(iterations), mu_init)[..., 1:, :]
     elif method == "ott":
-        from kernels.gsp_ott import ott_plan
+        from jaxdml.kernels.gsp_ott import ott_plan
 
         plan = ott_plan(work, transport_ratio, gamma)
     else:

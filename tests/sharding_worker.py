@@ -1,40 +1,57 @@
-"""Runs three train steps of the digit-pairs model on however many devices XLA_FLAGS gives; saves results.
+"""Runs three train steps of each task on however many devices XLA_FLAGS gives; saves losses and parameters.
 
 Invoked by tests/test_sharding.py in fresh processes (the device count is fixed at JAX start-up):
     python tests/sharding_worker.py OUT.npz
+Both tasks go through the same core: ``setup_training`` (state, jitted step) and ``TrainBatches``.
 """
 
 import sys
 
 import jax
 import numpy as np
-from train_helpers import tiny_config
+from train_helpers import REPO, tiny_config
 
+from jaxdml.config import load_config_file
 from jaxdml.data import pipeline
 from jaxdml.data.datasets import load_data
-from jaxdml.data.sampler import MPerClassSampler
+from jaxdml.data.sampler import build_sampler
 from jaxdml.data.sources import num_classes
-from jaxdml.train.loop import build_training, create_mesh
+from jaxdml.train.state import create_mesh
+from jaxdml.train.step import batch_sharding
+from jaxdml.trainers import distillation_procedure, metric_learning_procedure, resolve_config, setup_training
 
 
-def main(out: str) -> None:
-    cfg = tiny_config(**{"train.batch_size": 32})
-    # SGD: parameters move linearly with the gradients (Adam would amplify rounding in near-zero gradients).
-    cfg.optim.name, cfg.optim.lr, cfg.optim.momentum = "sgd", 0.1, 0.9
+def run(cfg, procedure_of) -> dict[str, np.ndarray]:
+    cfg, _ = resolve_config(cfg)
     data = load_data(cfg.data)
-    sampler = MPerClassSampler(data.train.labels, 8, 4, seed=0)
-    make_batch = pipeline.TrainBatches(data.train, sampler, 0, 16, (0.6, 1.0), (0.75, 1.33), False)
-    setup = build_training(cfg, create_mesh(), num_classes(data.train))
+    sampler = build_sampler(cfg.data, data.train, cfg.train.batch_size, cfg.seed)
+    make_batch = pipeline.TrainBatches.from_config(cfg.data, data.train, sampler, cfg.seed)
+    mesh = create_mesh()
+    setup = setup_training(cfg, procedure_of(cfg, num_classes(data.train)), mesh)
     state, losses = setup.state, []
     for i in range(3):
         batch = make_batch(i)
-        device_batch = {k: jax.device_put(batch[k], setup.batch_sharding) for k in ("images", "labels")}
+        device_batch = {k: jax.device_put(batch[k], batch_sharding(mesh)) for k in ("images", "labels")}
         assert len(device_batch["images"].sharding.device_set) == len(jax.devices())
         state, metrics = setup.train_step(state, device_batch)
         losses.append(float(metrics["loss"]))
     flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in
             jax.tree_util.tree_leaves_with_path({"params": state.params, "stats": state.model_state})}
-    np.savez(out, losses=np.array(losses), devices=len(jax.devices()), **flat)
+    return {"losses": np.array(losses), **flat}
+
+
+def main(out: str) -> None:
+    retrieval = tiny_config(**{"train.batch_size": 32})
+    # SGD: parameters move linearly with the gradients (Adam would amplify rounding in near-zero gradients).
+    retrieval.optim.name, retrieval.optim.lr, retrieval.optim.momentum = "sgd", 0.1, 0.9
+    classification = load_config_file(f"{REPO / 'experiments' / 'kd_digits_student.py'}:none")
+    classification.model.backbone, classification.train.batch_size = "resnet8", 32
+    results = {"devices": len(jax.devices())}
+    for task, cfg, procedure_of in (
+            ("metric_learning", retrieval, metric_learning_procedure),
+            ("distillation", classification, lambda c, k: distillation_procedure(c, k, None, {}))):
+        results.update({f"{task}/{k}": v for k, v in run(cfg, procedure_of).items()})
+    np.savez(out, **results)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_training_batches_from_the_cache_are_valid_and_deterministic(tmp_path):
     source = VariedSource(corrupt=-1)
     cached = cache.cached(source, 256, tmp_path)
     sampler = MPerClassSampler(cached.labels, 2, 4, seed=0)
-    make = pipeline.TrainBatches(cached, sampler, seed=0, image_size=224, crop_area=(0.16, 1.0),
+    make = pipeline.TrainBatches(source=cached, sampler=sampler, seed=0, image_size=224, crop_area=(0.16, 1.0),
                                  crop_aspect=(0.75, 4 / 3), flip=True)
     first, again = make(3), make(3)
     np.testing.assert_array_equal(first["images"], again["images"])

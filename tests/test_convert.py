@@ -83,9 +83,10 @@ def test_bninception_matches_the_pytorch_port(size):
     assert expected.shape == (2, 1024, 7, 7)
 
     # Through the model's own normalisation: uint8 RGB -> Caffe BGR, 0-255, mean-subtracted.
-    from jaxdml.models.model import EmbeddingModel
+    from jaxdml.models.model import Model
 
-    normalize = EmbeddingModel(None, None, spec.mean, spec.std, input_range=spec.input_range, bgr=spec.bgr).normalize
+    normalize = Model(backbone=None, head=None, mean=spec.mean, std=spec.std, input_range=spec.input_range,
+                      bgr=spec.bgr).normalize
     np.testing.assert_allclose(np.asarray(normalize(jnp.asarray(rgb))), bgr_minus_mean, atol=1e-4)
     ours = _flax_features("bninception", variables, np.asarray(normalize(jnp.asarray(rgb))))
     assert _relative_error(ours, expected.transpose(0, 2, 3, 1)) < 1e-4
@@ -202,10 +203,8 @@ def test_command_line_writes_an_orbax_checkpoint_that_loads_back(tmp_path, capsy
 
 
 def test_training_starts_from_the_pretrained_backbone(tmp_path):
-    from jax.sharding import Mesh
-
     from jaxdml.config import default_config
-    from jaxdml.train.loop import build_training
+    from jaxdml.trainers import create_trainer
 
     state_dict = _random_resnet18_state_dict(seed=5)
     np.savez(tmp_path / "weights.npz", **state_dict)
@@ -214,13 +213,13 @@ def test_training_starts_from_the_pretrained_backbone(tmp_path):
     cfg.model.pretrained = str(tmp_path / "weights.npz")
     cfg.data.image_size = 32
     cfg.train.batch_size = 8
-    mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
-    setup = build_training(cfg, mesh, num_train_classes=10)
+    trainer = create_trainer(cfg, tmp_path / "run")
+    trainer.close()
     expected, _ = convert.convert_state_dict("resnet18", state_dict)
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(setup.state.params["backbone"]), expected["params"])
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(setup.state.model_state["batch_stats"]["backbone"]),
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.state.params["backbone"]), expected["params"])
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.state.model_state["batch_stats"]["backbone"]),
                  expected["batch_stats"])
 
     cfg.model.backbone = "resnet34"
     with pytest.raises(convert.ConversionError, match="not a resnet34"):
-        build_training(cfg, mesh, num_train_classes=10)
+        create_trainer(cfg, tmp_path / "run34")

@@ -12,7 +12,7 @@ import pytest
 from jaxdml.config import ConfigError, load_config_file, validate
 from jaxdml.distill.prepare import prepare
 from jaxdml.models.convert import ConversionError
-from jaxdml.train.loop import Trainer, train_and_evaluate
+from jaxdml.trainers import create_trainer, resolve_config, train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = REPO / "experiments" / "kd_digits_teacher.py"
@@ -68,9 +68,8 @@ def test_letkd_student_computes_artefacts_once_and_never_checkpoints_the_teacher
                                   for r in rows)
     assert 0.0 <= summary["final"]["accuracy"] <= 1.0
 
-    trainer = Trainer(cfg, tmp_path)  # restores the student's checkpoint
-    trainer.writer.close()
-    trainer.checkpointer.close()
+    trainer = create_trainer(cfg, tmp_path)  # restores the student's checkpoint
+    trainer.close()
     params = jax.device_get(trainer.state.params)
     assert set(params) == {"backbone"}  # the teacher is not in the student's state
     assert {"letkd_final", "letkd_layer3_0"} <= set(params["backbone"])  # kept for inference
@@ -106,15 +105,15 @@ def test_configuration_errors_name_the_fix(teacher_dir):
     cfg = load_config_file(f"{STUDENT}:letkd")
     cfg.distill.teacher = None
     with pytest.raises(ConfigError, match=r"distill\.teacher"):
-        validate(cfg)
+        resolve_config(cfg)
     cfg = load_config_file(f"{STUDENT}:none")
     cfg.model.backbone = "small_cnn"
     with pytest.raises(ConfigError, match=r"jaxdml\.models\.cifar"):
-        validate(cfg)
+        resolve_config(cfg)
     cfg = student("kd", teacher_dir)
     cfg.distill.teacher_arch = "resnet20"  # the teacher was trained as a resnet8
     with pytest.raises(ConversionError, match="resnet8"):
-        Trainer(cfg, teacher_dir.parent / "wrong_arch")
+        create_trainer(cfg, teacher_dir.parent / "wrong_arch")
 
 
 @pytest.mark.parametrize(("scale", "size"), [("same", 8), ("down", 4), ("up", 16)])
@@ -139,9 +138,8 @@ def test_an_interrupted_classification_run_resumes_exactly(tmp_path):
     train_and_evaluate(straight, tmp_path / "resumed")  # the same command again, now with 4 steps: resumes at 2
 
     def state(workdir):
-        trainer = Trainer(straight, workdir)
-        trainer.writer.close()
-        trainer.checkpointer.close()
+        trainer = create_trainer(straight, workdir)
+        trainer.close()
         return jax.device_get(trainer.state)
 
     a, b = state(tmp_path / "straight"), state(tmp_path / "resumed")

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import METHODS, gsp_transport
+from jaxdml.kernels import METHODS, gsp_transport
 
 SETTINGS = [(5.0, 0.3), (0.5, 0.3), (0.1, 0.3), (20.0, 0.7), (5.0, 0.9), (2.0, 0.05)]
 

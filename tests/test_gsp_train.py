@@ -10,8 +10,8 @@ import pytest
 from train_helpers import REPO
 
 from jaxdml.config import load_config_file
-from jaxdml.train.loop import Trainer, train_and_evaluate
 from jaxdml.train.writers import read_metrics
+from jaxdml.trainers import create_trainer, train_and_evaluate
 
 GSP_CARS = REPO / "experiments" / "gsp_cars.py"
 
@@ -38,9 +38,8 @@ def configure(path, overrides):
 
 
 def restored_state(cfg, workdir):
-    trainer = Trainer(cfg, workdir)
-    trainer.writer.close()
-    trainer.checkpointer.close()
+    trainer = create_trainer(cfg, workdir)
+    trainer.close()
     return jax.device_get(trainer.state)
 
 

@@ -13,7 +13,7 @@ from jaxdml.data.sources import ArraySource, CorruptRecordError
 
 def make_train_batches(source, **kwargs):
     sampler = MPerClassSampler(source.labels, 2, 3, seed=0)
-    return pipeline.TrainBatches(source, sampler, seed=0, image_size=16, crop_area=(0.5, 1.0),
+    return pipeline.TrainBatches(source=source, sampler=sampler, seed=0, image_size=16, crop_area=(0.5, 1.0),
                                  crop_aspect=(0.75, 1.33), flip=True, **kwargs)
 
 
@@ -81,7 +81,7 @@ def test_corrupt_record_is_named():
 def test_corrupt_record_is_replaced_within_its_class_and_counted():
     source = corrupt_source([1])
     sampler = MPerClassSampler(source.labels, 2, 4, seed=0)  # every image of both classes, every step
-    make = pipeline.TrainBatches(source, sampler, seed=0, image_size=8, crop_area=(1.0, 1.0),
+    make = pipeline.TrainBatches(source=source, sampler=sampler, seed=0, image_size=8, crop_area=(1.0, 1.0),
                                  crop_aspect=(1.0, 1.0), flip=False, skip_corrupt=True)
     batch = make(0)
     assert int(batch["skipped"]) == 1
@@ -110,8 +110,9 @@ def test_classification_augmentations_are_deterministic_per_step(augment):
 
     train, _ = load_digit_numbers()
     sampler = ShuffleSampler(train.labels, 32, seed=0)
-    make = pipeline.TrainBatches(train, sampler, seed=0, image_size=16, crop_area=(1.0, 1.0), crop_aspect=(1.0, 1.0),
-                                 flip=False, augment=augment, padding=2, degrees=20.0)
+    make = pipeline.TrainBatches(source=train, sampler=sampler, seed=0, image_size=16, crop_area=(1.0, 1.0),
+                                 crop_aspect=(1.0, 1.0),
+                                 flip=False, augment=augment, crop_padding=2, rotation_degrees=20.0)
     a, b = make(5), make(5)
     np.testing.assert_array_equal(a["images"], b["images"])
     assert a["images"].shape == (32, 16, 16, 3) and not np.array_equal(a["images"], make(6)["images"])

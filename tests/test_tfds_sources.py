@@ -10,8 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxdml.data import prepare, tfds_sources
-from jaxdml.data.sources import CorruptRecordError, DatasetNotPreparedError, SubsetSource
-from jaxdml.data.tfds_sources import DATASETS, DatasetSplits, TfdsSource, load_dataset
+from jaxdml.data.sources import CorruptRecordError, DatasetNotPreparedError, DataSplits, SubsetSource
+from jaxdml.data.tfds_sources import DATASETS, TfdsSource, load_dataset
 
 NUM_EXAMPLES = 120  # per mocked split
 
@@ -51,7 +51,7 @@ def test_class_resplit(tmp_path, name, num_train, num_classes):
     with mocked():
         splits = load_dataset(name, tmp_path)
         original = np.concatenate([mock_field(name, "train", "label"), mock_field(name, "test", "label")])
-        assert isinstance(splits, DatasetSplits) and splits.reference is None
+        assert isinstance(splits, DataSplits) and splits.reference is None
         train, test = splits.train, splits.query
         assert isinstance(train, SubsetSource) and isinstance(test, SubsetSource)
         assert train.parent is test.parent and len(train.parent) == 2 * NUM_EXAMPLES

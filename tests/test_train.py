@@ -12,14 +12,14 @@ from ml_collections import ConfigDict
 from train_helpers import REPO, cli, tiny_config
 
 from jaxdml.train.checkpoint import Checkpointer, abstract_like
-from jaxdml.train.loop import Trainer, TrainingDivergedError, train_and_evaluate
+from jaxdml.train.loop import TrainingDivergedError
 from jaxdml.train.writers import read_metrics
+from jaxdml.trainers import create_trainer, train_and_evaluate
 
 
 def final_params(workdir, cfg):
-    trainer = Trainer(cfg, workdir)  # restores the newest checkpoint
-    trainer.writer.close()
-    trainer.checkpointer.close()
+    trainer = create_trainer(cfg, workdir)  # restores the newest checkpoint
+    trainer.close()
     return jax.device_get(trainer.state)
 
 
@@ -151,9 +151,8 @@ def test_proxy_loss_with_one_per_class_batches_and_backbone_warm_up(tmp_path):
                          "eval.at_start": False, "train.checkpoint_every": 1, "train.keep_checkpoints": 5})
     cfg.loss.name, cfg.loss.kwargs = "proxy_anchor", ConfigDict()
     cfg.optim.freeze_backbone_steps, cfg.optim.lr_mult.loss = 2, 100.0
-    initial = Trainer(cfg, tmp_path / "init")
-    initial.writer.close()
-    initial.checkpointer.close()
+    initial = create_trainer(cfg, tmp_path / "init")
+    initial.close()
     start = jax.device_get(initial.state)
     train_and_evaluate(cfg, tmp_path / "run")
     states = {}

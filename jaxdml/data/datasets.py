@@ -4,53 +4,41 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 import ml_collections
 
-from jaxdml.data.sources import Source, split_validation_classes
+from jaxdml.data import digits
+from jaxdml.data.sources import DataSplits, Source, split_validation_classes
+from jaxdml.data.specs import DATASETS as TFDS_DATASETS
 
-EMBEDDED = ("digit_pairs", "digit_collage", "digit_numbers")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSplits:
-    train: Source
-    val: Source | None  # class-disjoint held-out training classes (model selection), if any
-    query: Source  # the test set (In-Shop: its query set)
-    reference: Source | None  # None: the query set is its own reference (self-matches excluded)
+# The embedded datasets (no download): name -> loader of (train, test).
+EMBEDDED: dict[str, Callable[[], tuple[Source, Source]]] = {
+    "digit_pairs": digits.load_digit_pairs,
+    "digit_collage": digits.load_digit_collage,
+    "digit_numbers": digits.load_digit_numbers,
+}
+# data.name -> description; the one list of valid names.
+DATASETS: dict[str, str] = {**{name: f"embedded ({name})" for name in EMBEDDED}, **TFDS_DATASETS}
 
 
 def load_data(cfg: ml_collections.ConfigDict) -> DataSplits:
     """The splits of ``cfg.name`` (``cfg`` is the ``data`` section of a config)."""
-    if cfg.name == "digit_pairs":
-        from jaxdml.data.digits import load_digit_pairs
-
-        train, query = load_digit_pairs()
-        reference = None
-    elif cfg.name == "digit_collage":
-        from jaxdml.data.digits import load_digit_collage
-
-        train, query = load_digit_collage()
-        reference = None
-    elif cfg.name == "digit_numbers":
-        from jaxdml.data.digits import load_digit_numbers
-
-        train, query = load_digit_numbers()
-        reference = None
+    if cfg.name in EMBEDDED:
+        train, query = EMBEDDED[cfg.name]()
+        splits = DataSplits(train=train, query=query)
     else:
         from jaxdml.data.tfds_sources import load_dataset
 
         splits = load_dataset(cfg.name, cfg.data_dir)
-        train, query, reference = splits.train, splits.query, splits.reference
         if cfg.cache_dir:
             from jaxdml.data.cache import cached
 
             directory = cache_directory(cfg.cache_dir, cfg.data_dir)
-            train, query = (cached(s, cfg.resize_size, directory, cfg.num_workers) for s in (train, query))
-            if reference is not None:
-                reference = cached(reference, cfg.resize_size, directory, cfg.num_workers)
-    train, val = split_validation_classes(train, cfg.val_fraction)
-    return DataSplits(train, val, query, reference)
+            splits = DataSplits(*(None if s is None else cached(s, cfg.resize_size, directory, cfg.num_workers)
+                                  for s in (splits.train, splits.query, splits.reference)))
+    train, val = split_validation_classes(splits.train, cfg.val_fraction)
+    return dataclasses.replace(splits, train=train, val=val)
 
 
 def cache_directory(cache_dir: str, data_dir: str | None) -> str:

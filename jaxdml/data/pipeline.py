@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grain
 import numpy as np
 
 from jaxdml.data import transforms
-from jaxdml.data.sampler import MPerClassSampler
 from jaxdml.data.sources import CorruptRecordError, Source
 
 _AUGMENT = 2  # random stream id, independent of the sampler's streams
@@ -42,47 +42,69 @@ def _load(source: Source, index: int, skip_corrupt: bool, alternatives: np.ndarr
     raise CorruptRecordError(f"{source.name}: every image of the class of record {index} is corrupt")
 
 
-@dataclasses.dataclass(frozen=True)
+def _random_resized_crop(b: TrainBatches, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return transforms.train_transform(image, rng, size=b.image_size, area=tuple(b.crop_area),
+                                      aspect=tuple(b.crop_aspect), flip=b.flip)
+
+
+def _pad_crop(b: TrainBatches, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return transforms.pad_crop_transform(image, rng, size=b.image_size, padding=b.crop_padding, flip=b.flip)
+
+
+def _rotate(b: TrainBatches, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return transforms.rotate_flip_transform(image, rng, degrees=b.rotation_degrees, flip=b.flip)
+
+
+def _no_augmentation(b: TrainBatches, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return transforms.pad_crop_transform(image, rng, size=b.image_size, padding=0, flip=False)
+
+
+# data.augment -> the train transform; the one list of valid names.
+AUGMENTATIONS: dict[str, Callable[[TrainBatches, np.ndarray, np.random.Generator], np.ndarray]] = {
+    "random_resized_crop": _random_resized_crop,  # area / aspect-ratio ranges, flip
+    "pad_crop": _pad_crop,  # CIFAR: zero-pad crop_padding pixels, random crop, flip
+    "rotate": _rotate,  # rotation by up to rotation_degrees + flip (Tiny-ImageNet in letKD)
+    "none": _no_augmentation,  # a random image_size crop, unpadded, unflipped (the image itself at that size)
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainBatches:
-    """Callable ``step -> batch`` (picklable, for grain workers)."""
+    """Callable ``step -> batch`` (picklable, for grain workers); the fields are the ``data`` section's keys."""
 
     source: Source
-    sampler: MPerClassSampler
+    sampler: Any  # any of jaxdml.data.sampler.SAMPLERS: batch_indices(step) and members (per class)
     seed: int
     image_size: int
-    crop_area: tuple[float, float]
-    crop_aspect: tuple[float, float]
-    flip: bool
+    augment: str = "random_resized_crop"
+    crop_area: tuple[float, float] = (0.16, 1.0)
+    crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    crop_padding: int = 4
+    rotation_degrees: float = 20.0
     skip_corrupt: bool = False
     shard_index: int = 0  # this host's slice of the global batch (multi-host runs)
     shard_count: int = 1
-    # "random_resized_crop", "pad_crop" (CIFAR: zero-pad ``padding``, random crop, flip), "rotate" (rotation
-    # by up to ``degrees`` + flip, Tiny-ImageNet in letKD) or "none" (a random image_size crop, unpadded and
-    # unflipped: the image itself when it is image_size already)
-    augment: str = "random_resized_crop"
-    padding: int = 4
-    degrees: float = 20.0
+
+    @classmethod
+    def from_config(cls, data_cfg: Any, source: Source, sampler: Any, seed: int, **kwargs: Any) -> TrainBatches:
+        """The batches a ``data`` config section describes (its keys that are fields of this class)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"source", "sampler", "seed"}
+        settings = {k: v for k, v in data_cfg.items() if k in names}
+        return cls(source=source, sampler=sampler, seed=seed, **{**settings, **kwargs})
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         indices = np.array_split(self.sampler.batch_indices(int(step)), self.shard_count)[self.shard_index]
         # One stream per (step, host) keeps augmentations a pure function of (seed, step, position).
         rng = np.random.default_rng([self.seed, _AUGMENT, int(step), self.shard_index])
         images = np.empty((len(indices), self.image_size, self.image_size, 3), np.uint8)
+        transform = AUGMENTATIONS[self.augment]
         skipped = 0
         for slot, index in enumerate(indices):
             label = self.source.labels[index]
             image, n = _load(self.source, index, self.skip_corrupt, self.sampler.members[label])
             skipped += n
-            if self.augment == "rotate":
-                images[slot] = transforms.rotate_flip_transform(image, rng, degrees=self.degrees, flip=self.flip)
-            elif self.augment in ("pad_crop", "none"):
-                padding = self.padding if self.augment == "pad_crop" else 0
-                images[slot] = transforms.pad_crop_transform(image, rng, size=self.image_size, padding=padding,
-                                                             flip=self.flip and self.augment == "pad_crop")
-            else:
-                images[slot] = transforms.train_transform(
-                    image, rng, size=self.image_size, area=tuple(self.crop_area),
-                    aspect=tuple(self.crop_aspect), flip=self.flip)
+            images[slot] = transform(self, image, rng)
         return {"images": images, "labels": self.source.labels[indices].astype(np.int32),
                 "skipped": np.int32(skipped)}
 

@@ -24,8 +24,12 @@ images within the batch; larger classes never do.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+
+from jaxdml.errors import ConfigError
 
 # Independent random streams (2 is the pipeline's augmentation stream).
 _CLASS_ORDER, _ITEM_ORDER = 0, 1
@@ -285,3 +289,34 @@ class ShuffleSampler:
     def batch_indices(self, step: int) -> np.ndarray:
         everything = np.arange(len(self.labels))
         return _stream(everything, (self.seed, _SHUFFLE_ORDER), step * self.batch_size, self.batch_size)
+
+
+def _m_per_class(source: Any, batch_size: int, seed: int, data_cfg: Any) -> MPerClassSampler:
+    m = data_cfg.samples_per_class
+    return MPerClassSampler(source.labels, classes_per_batch=batch_size // m, samples_per_class=m, seed=seed)
+
+
+def _hierarchical(source: Any, batch_size: int, seed: int, data_cfg: Any) -> HierarchicalSampler:
+    super_labels = getattr(source, "super_labels", None)
+    if super_labels is None:
+        raise ConfigError(f"data.sampler='hierarchical' needs super-class labels, which {source.name} does not have "
+                          f"(stanford_online_products has them, with data.val_fraction=0).")
+    return HierarchicalSampler(source.labels, super_labels, batch_size=batch_size,
+                               samples_per_class=data_cfg.samples_per_class,
+                               super_classes_per_batch=data_cfg.super_classes_per_batch, seed=seed)
+
+
+# data.sampler -> builder(source, global batch size, seed, data section); the one list of valid names.
+SAMPLERS: dict[str, Callable[..., Any]] = {
+    "m_per_class": _m_per_class,
+    "one_per_class": lambda source, batch_size, seed, _: OnePerClassSampler(source.labels, batch_size, seed=seed),
+    "hierarchical": _hierarchical,
+    "shuffle": lambda source, batch_size, seed, _: ShuffleSampler(source.labels, batch_size, seed=seed),
+}
+# Samplers whose batches are whole groups of data.samples_per_class images per class.
+GROUPED_SAMPLERS = ("m_per_class", "hierarchical")
+
+
+def build_sampler(data_cfg: Any, source: Any, batch_size: int, seed: int) -> Any:
+    """The sampler ``data_cfg.sampler`` names over the training ``source``."""
+    return SAMPLERS[data_cfg.sampler](source, batch_size, seed, data_cfg)

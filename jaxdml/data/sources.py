@@ -16,12 +16,14 @@ from typing import Protocol
 
 import numpy as np
 
+from jaxdml.errors import UserError
 
-class DatasetNotPreparedError(RuntimeError):
+
+class DatasetNotPreparedError(UserError, RuntimeError):
     """A real dataset has not been prepared; the message gives the command that prepares it."""
 
 
-class CorruptRecordError(RuntimeError):
+class CorruptRecordError(UserError, RuntimeError):
     """An image record cannot be decoded; the message names the record."""
 
 
@@ -32,6 +34,16 @@ class Source(Protocol):
     def __len__(self) -> int: ...
 
     def image(self, index: int) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSplits:
+    """What a run reads: training images, optional validation classes, the test query and reference sets."""
+
+    train: Source
+    query: Source  # the test set (In-Shop: its query set)
+    reference: Source | None = None  # None: the query set is its own reference (self-matches excluded)
+    val: Source | None = None  # class-disjoint held-out training classes (model selection), if any
 
 
 def num_classes(source: Source) -> int:

@@ -4,14 +4,18 @@ label-supervised template-matching block instead of a teacher).
 
     python -m jaxdml.distill.demo --workdir runs/kd_digits [--seeds 0 1 2]
 
-Runs experiments/kd_digits_teacher.py, then experiments/kd_digits_student.py:{none,kd,letkd,template}, each
-in its own workdir under ``--workdir/seed<k>`` (reruns resume, or only re-evaluate finished runs). With several
-seeds it prints the mean and standard deviation over them.
+Runs ``python -m jaxdml.main`` with experiments/kd_digits_teacher.py, then experiments/kd_digits_student.py:
+{none,kd,letkd,template} (installed as ``jaxdml.experiments``), each in its own workdir under
+``--workdir/seed<k>`` (reruns resume, or only re-evaluate finished runs). With several seeds it prints the mean
+and standard deviation over them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
+import json
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -19,32 +23,33 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdml.config import load_config_file
-
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 STUDENTS = ("none", "kd", "letkd", "template")
 LABELS = {"teacher": "teacher (ResNet-20)", "none": "student ResNet-8, plain", "kd": "student, Hinton KD",
           "letkd": "student, LeTKD", "template": "student + template block"}
 
 
-def run_seed(workdir: Path, seed: int, quiet: bool = True) -> dict[str, float]:
-    """Top-1 accuracies (%) of the teacher and the three students for one seed."""
-    from jaxdml.train.loop import train_and_evaluate
+def experiment(name: str) -> str:
+    """The path of an experiment file of the installed package (the checkout's experiments/ folder)."""
+    return str(importlib.resources.files("jaxdml.experiments") / name)
 
+
+def run_seed(workdir: Path, seed: int) -> dict[str, float]:
+    """Top-1 accuracies (%) of the teacher and the four students for one seed."""
     root = workdir / f"seed{seed}"
-    results = {}
-    teacher_cfg = load_config_file(EXPERIMENTS / "kd_digits_teacher.py")
-    runs = [("teacher", teacher_cfg)]
+    runs = [("teacher", experiment("kd_digits_teacher.py"), [])]
     for method in STUDENTS:
-        cfg = load_config_file(f"{EXPERIMENTS / 'kd_digits_student.py'}:{method}")
-        if method in ("kd", "letkd"):
-            cfg.distill.teacher = str(root / "teacher")
-        runs.append((method, cfg))
-    for name, cfg in runs:
-        cfg.seed = seed
-        cfg.train.progress_bar = not quiet
+        teacher = [f"--config.distill.teacher={root / 'teacher'}"] if method in ("kd", "letkd") else []
+        runs.append((method, f"{experiment('kd_digits_student.py')}:{method}", teacher))
+    results = {}
+    for name, config, extra in runs:
         start = time.perf_counter()
-        summary = train_and_evaluate(cfg, root / name)
+        command = [sys.executable, "-m", "jaxdml.main", f"--config={config}", f"--workdir={root / name}",
+                   f"--config.seed={seed}", "--config.train.progress_bar=False", *extra]
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr)
+            raise SystemExit(f"{name} (seed {seed}) failed with status {done.returncode}: {' '.join(command)}")
+        summary = json.loads((root / name / "summary.json").read_text())
         results[name] = 100.0 * summary["final"]["accuracy"]
         print(f"seed {seed}  {LABELS[name]:<26} top-1 {results[name]:6.2f}%  ({time.perf_counter() - start:5.1f} s)",
               flush=True)
@@ -57,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    per_seed = [run_seed(Path(args.workdir), seed) for seed in args.seeds]
+    per_seed = [run_seed(Path(args.workdir).absolute(), seed) for seed in args.seeds]
     print(f"\ntest top-1 accuracy on unseen handwriting, {len(per_seed)} seed(s) "
           f"({time.perf_counter() - start:.0f} s in all):")
     for name in ("teacher", *STUDENTS):

@@ -1,4 +1,4 @@
-"""The classification model: uint8 images -> normalised input -> a CIFAR network (with its inserts) -> logits.
+"""The classification model: a CIFAR network (with its inserts) in the shared :class:`~jaxdml.models.model.Model`.
 
 Parameter groups: ``backbone`` (the whole network, LeTKD / template layers included: the student keeps
 them at inference) and ``head`` (FitNet's hint regressor, used in training only).
@@ -12,8 +12,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from jaxdml.models.backbones import _batch_norm, conv_init
+from jaxdml.layers.common import batch_norm, conv_init
 from jaxdml.models.cifar import Insert, cifar_network
+from jaxdml.models.model import Model, compute_dtype
 
 # Per-channel mean / std of the training images (RGB, 0-1), as the KD code base normalises them.
 DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -43,33 +44,18 @@ class HintRegressor(nn.Module):
             x = nn.Conv(self.features, (3, 3) if down else (1, 1), (2, 2) if down else (1, 1),
                         padding=((1, 1), (1, 1)) if down else ((0, 0), (0, 0)), dtype=self.dtype,
                         kernel_init=conv_init, name="conv")(x)
-        return nn.relu(_batch_norm(self.dtype, "bn")(x, use_running_average=not train))
+        return nn.relu(batch_norm(self.dtype, "bn")(x, use_running_average=not train))
 
 
-class ClassificationModel(nn.Module):
-    """Returns the network's ``{"logits", "features", "scores"}`` plus ``hint`` when a regressor is set."""
+class HintHead(nn.Module):
+    """The classification model's head in FitNet training: the network's outputs plus ``hint``, the regressed
+    map of block ``block``."""
 
-    backbone: nn.Module
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    hint_block: str = ""
-    head: HintRegressor | None = None  # the "head" parameter group: FitNet's regressor, training only
-    dtype: Any = jnp.float32
+    regressor: HintRegressor
+    block: str
 
-    def normalize(self, images: jnp.ndarray) -> jnp.ndarray:
-        x = images.astype(jnp.float32) / 255.0
-        return ((x - jnp.asarray(self.mean)) / jnp.asarray(self.std)).astype(self.dtype)
-
-    def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, Any]:
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 images (B, H, W, 3), got shape {images.shape}")
-        out = dict(self.backbone(self.normalize(images), train=train))
-        if self.head is not None:
-            out["hint"] = self.head(out["features"][self.hint_block], train=train)
-        return out
-
-    def refresh(self) -> None:
-        """No updates outside gradient steps (the retrieval models' GSP prototypes have some)."""
+    def __call__(self, outputs: dict[str, Any], train: bool = False) -> dict[str, Any]:
+        return {**outputs, "hint": self.regressor(outputs["features"][self.block], train=train)}
 
 
 def student_inserts(cfg: ml_collections.ConfigDict, num_classes: int) -> tuple[Insert, ...]:
@@ -86,13 +72,15 @@ def student_inserts(cfg: ml_collections.ConfigDict, num_classes: int) -> tuple[I
 
 
 def build_classifier(cfg: ml_collections.ConfigDict, num_classes: int, *, arch: str | None = None,
-                     inserts: tuple[Insert, ...] = (), hint: tuple[int, str] | None = None) -> ClassificationModel:
-    """The model for ``arch`` (default ``model.backbone``); ``hint`` = (teacher channels, same|down|up) for
-    FitNet's regressor."""
+                     inserts: tuple[Insert, ...] = (), hint: tuple[int, str] | None = None) -> Model:
+    """The classifier ``arch`` (default ``model.backbone``) as a :class:`~jaxdml.models.model.Model` returning
+    ``{"logits", "features", "scores"}`` (+ ``hint`` when ``hint`` = (teacher channels, same|down|up) asks for
+    FitNet's regressor, the ``head`` parameter group)."""
     if cfg.data.name not in DATASET_STATS:
         raise ValueError(f"no normalisation statistics for data.name={cfg.data.name!r}; known: {sorted(DATASET_STATS)}")
     mean, std = DATASET_STATS[cfg.data.name]
-    dtype = jnp.bfloat16 if cfg.model.compute_dtype == "bfloat16" else jnp.float32
+    dtype = compute_dtype(cfg.model)
     network = cifar_network(arch or cfg.model.backbone, num_classes, dtype=dtype, inserts=inserts)
-    regressor = HintRegressor(hint[0], hint[1], dtype) if hint else None
-    return ClassificationModel(network, mean, std, cfg.distill.hint_block if hint else "", regressor, dtype)
+    head = HintHead(HintRegressor(hint[0], hint[1], dtype), cfg.distill.hint_block) if hint else None
+    return Model(backbone=network, head=head, mean=mean, std=std, dtype=dtype,
+                 freeze_bn=cfg.model.freeze_bn and arch is None)

@@ -1,6 +1,6 @@
 """Computes LeTKD's teacher artefacts for an experiment, once, into its workdir (training reuses them).
 
-    python -m jaxdml.distill.prepare --config experiments/letkd_cifar100_rn56_rn20.py --workdir runs/rn56_rn20 \
+    python -m jaxdml.distill.prepare --config experiments/letkd_cifar100_rn56_rn20.py --workdir runs/rn56_rn20 \\
         [--config.distill.teacher=weights/resnet56]
 
 Writes ``<workdir>/artefacts/``: ``codebook.npy`` (K x C k-means words of the teacher's last-stage features)
@@ -12,23 +12,24 @@ changing any setting they depend on recomputes them.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from absl import app
 
-from jaxdml.config import ConfigError, validate
-from jaxdml.main import _CONFIG, _WORKDIR, _parse_flags
+from jaxdml.cli import CONFIG, WORKDIR, parse_flags, run_user_errors
+from jaxdml.config import validate
+from jaxdml.errors import ConfigError
 
 
 def prepare(cfg, workdir: Path) -> dict[str, np.ndarray]:
     """Loads (or computes and saves) the artefacts of ``cfg`` in ``workdir/artefacts``."""
     from jaxdml.data.datasets import load_data
     from jaxdml.data.sources import num_classes
-    from jaxdml.distill.setup import letkd_artefacts, load_teacher
+    from jaxdml.distill.teacher import letkd_artefacts, load_teacher
 
+    cfg = validate(cfg)
     if cfg.distill.method != "letkd":
         raise ConfigError(f"distill.method={cfg.distill.method!r}: only 'letkd' has teacher artefacts")
     data = load_data(cfg.data)
@@ -38,18 +39,14 @@ def prepare(cfg, workdir: Path) -> dict[str, np.ndarray]:
 
 def main(argv: list[str]) -> None:
     del argv
-    from jaxdml.data.sources import DatasetNotPreparedError
-    from jaxdml.models.convert import ConversionError
-
     start = time.perf_counter()
-    try:
-        out = prepare(validate(_CONFIG.value), Path(_WORKDIR.value))
-    except (ConfigError, ConversionError, DatasetNotPreparedError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    out = run_user_errors(lambda: prepare(CONFIG.value, Path(WORKDIR.value)))
     sizes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in out.items())
-    print(f"artefacts in {Path(_WORKDIR.value) / 'artefacts'} ({time.perf_counter() - start:.1f} s): {sizes}")
+    print(f"artefacts in {Path(WORKDIR.value) / 'artefacts'} ({time.perf_counter() - start:.1f} s): {sizes}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    from absl import flags
+
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main, flags_parser=parse_flags)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxdml.kernels import gsp_transport
 from jaxdml.layers.pooling import as_locations
-from kernels import gsp_transport
 
 
 def lipschitz_normalize(x: jnp.ndarray, axis: int = -1) -> jnp.ndarray:

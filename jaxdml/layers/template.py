@@ -16,8 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdml.layers.common import batch_norm, conv_init
 from jaxdml.layers.pooling import l2_normalize
-from jaxdml.models.backbones import conv_init
 
 
 def cosine_conv1x1(x: jnp.ndarray, kernel: jnp.ndarray, scale: jnp.ndarray | float) -> jnp.ndarray:
@@ -45,10 +45,6 @@ class CosineConv1x1(nn.Module):
         return cosine_conv1x1(x.astype(self.dtype), kernel, scale.astype(self.dtype))
 
 
-def _batch_norm(dtype: Any, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
-
-
 class TemplateMatchingBlock(nn.Module):
     """1x1 templates -> BN -> ReLU (soft arg-max) -> 1x1 -> + input; returns ``(output, template_scores)``.
 
@@ -65,7 +61,7 @@ class TemplateMatchingBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
         scores = nn.Conv(self.num_templates, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=conv_init,
                          name="templates")(x)
-        assignment = nn.relu(_batch_norm(self.dtype, "bn")(scores, use_running_average=not train))
+        assignment = nn.relu(batch_norm(self.dtype, "bn")(scores, use_running_average=not train))
         init = nn.initializers.zeros if self.zero_init else conv_init
         value = nn.Conv(x.shape[-1], (1, 1), use_bias=False, dtype=self.dtype, kernel_init=init,
                         name="semantic")(assignment)
@@ -88,7 +84,7 @@ class LeTKDLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
         scores = CosineConv1x1(self.num_words, self.score_scale, dtype=self.dtype, name="scores")(x)
-        out = nn.relu(_batch_norm(self.dtype, "bn")(scores, use_running_average=not train))
+        out = nn.relu(batch_norm(self.dtype, "bn")(scores, use_running_average=not train))
         value = CosineConv1x1(x.shape[-1], 1.0, dtype=self.dtype, name="value")(out)
         return self.alpha * value + x, scores
 

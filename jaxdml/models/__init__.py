@@ -2,7 +2,17 @@
 
 from jaxdml.models.backbones import BACKBONES, BackboneSpec, BNInception, ResNet, SmallCNN, backbone_spec
 from jaxdml.models.heads import EmbeddingHead, GSPHead
-from jaxdml.models.model import EmbeddingModel, build_model
+from jaxdml.models.model import Model, build_model
 
-__all__ = ["BACKBONES", "BNInception", "BackboneSpec", "EmbeddingHead", "EmbeddingModel", "GSPHead", "ResNet",
-           "SmallCNN", "backbone_spec", "build_model"]
+__all__ = [
+           "BACKBONES",
+           "BNInception",
+           "BackboneSpec",
+           "EmbeddingHead",
+           "GSPHead",
+           "Model",
+           "ResNet",
+           "SmallCNN",
+           "backbone_spec",
+           "build_model",
+]

@@ -20,13 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-# torchvision initialises convolutions with kaiming_normal_(mode="fan_out", nonlinearity="relu").
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _batch_norm(dtype: Any, name: str, scale_init=nn.initializers.ones) -> nn.BatchNorm:
-    # PyTorch's momentum 0.1 is flax's 0.9; eps 1e-5 as torch.
-    return nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=dtype, scale_init=scale_init, name=name)
+from jaxdml.layers.common import batch_norm, conv_init
 
 
 class BasicBlock(nn.Module):
@@ -41,9 +35,9 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
         y = conv(self.features, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)), name="conv1")(x)
-        y = nn.relu(_batch_norm(self.dtype, "bn1")(y, use_running_average=not train))
+        y = nn.relu(batch_norm(self.dtype, "bn1")(y, use_running_average=not train))
         y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
-        y = _batch_norm(self.dtype, "bn2")(y, use_running_average=not train)
+        y = batch_norm(self.dtype, "bn2")(y, use_running_average=not train)
         return nn.relu(y + _shortcut(x, self.features, self.stride, self.dtype, train))
 
 
@@ -59,11 +53,11 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
         y = conv(self.features, (1, 1), name="conv1")(x)
-        y = nn.relu(_batch_norm(self.dtype, "bn1")(y, use_running_average=not train))
+        y = nn.relu(batch_norm(self.dtype, "bn1")(y, use_running_average=not train))
         y = conv(self.features, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)), name="conv2")(y)
-        y = nn.relu(_batch_norm(self.dtype, "bn2")(y, use_running_average=not train))
+        y = nn.relu(batch_norm(self.dtype, "bn2")(y, use_running_average=not train))
         y = conv(self.features * 4, (1, 1), name="conv3")(y)
-        y = _batch_norm(self.dtype, "bn3")(y, use_running_average=not train)
+        y = batch_norm(self.dtype, "bn3")(y, use_running_average=not train)
         return nn.relu(y + _shortcut(x, self.features * 4, self.stride, self.dtype, train))
 
 
@@ -76,7 +70,7 @@ def _shortcut(x: jnp.ndarray, features: int, stride: int, dtype: Any, train: boo
         return x
     y = nn.Conv(features, (1, 1), (stride, stride), use_bias=False, dtype=dtype, kernel_init=conv_init,
                 name="downsample_conv")(x)
-    return _batch_norm(dtype, "downsample_bn")(y, use_running_average=not train)
+    return batch_norm(dtype, "downsample_bn")(y, use_running_average=not train)
 
 
 class ResNet(nn.Module):
@@ -90,7 +84,7 @@ class ResNet(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False, pooled: bool = False) -> jnp.ndarray:
         x = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, dtype=self.dtype,
                     kernel_init=conv_init, name="conv1")(x)
-        x = nn.relu(_batch_norm(self.dtype, "bn1")(x, use_running_average=not train))
+        x = nn.relu(batch_norm(self.dtype, "bn1")(x, use_running_average=not train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
@@ -143,7 +137,7 @@ class BNInception(nn.Module):
         pad = kernel // 2
         x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
                     dtype=self.dtype, kernel_init=conv_init, name=name)(x)
-        return nn.relu(_batch_norm(self.dtype, f"{name}_bn")(x, use_running_average=not train))
+        return nn.relu(batch_norm(self.dtype, f"{name}_bn")(x, use_running_average=not train))
 
     def _mixed(self, x: jnp.ndarray, block: str, train: bool) -> jnp.ndarray:
         one, (reduce3, out3), (reduce_d, out_d), pool, pool_proj, stride = BN_INCEPTION_BLOCKS[block]
@@ -191,7 +185,7 @@ class SmallCNN(nn.Module):
                 name = f"stage{stage + 1}_{layer}"
                 x = nn.Conv(self.width * 2**stage, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                             dtype=self.dtype, kernel_init=conv_init, name=f"{name}_conv")(x)
-                x = nn.relu(_batch_norm(self.dtype, f"{name}_bn")(x, use_running_average=not train))
+                x = nn.relu(batch_norm(self.dtype, f"{name}_bn")(x, use_running_average=not train))
         return _spatial_mean(x) if pooled else x
 
 

@@ -25,8 +25,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdml.layers.common import batch_norm, conv_init
 from jaxdml.layers.template import LeTKDLayer, TemplateMatchingBlock
-from jaxdml.models.backbones import BasicBlock, Bottleneck, _batch_norm, conv_init
+from jaxdml.models.backbones import BasicBlock, Bottleneck
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +97,7 @@ class CifarResNet(nn.Module):
         block = Bottleneck if self.bottleneck else BasicBlock
         x = nn.Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
                     kernel_init=conv_init, name="conv1")(x.astype(self.dtype))
-        x = nn.relu(_batch_norm(self.dtype, "bn1")(x, use_running_average=not train))
+        x = nn.relu(batch_norm(self.dtype, "bn1")(x, use_running_average=not train))
         for s, n in enumerate(self.stage_sizes):
             for j in range(n):
                 name = f"layer{s + 1}_{j}"
@@ -118,9 +119,9 @@ class WideBasicBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
         equal = x.shape[-1] == self.features
-        activated = nn.relu(_batch_norm(self.dtype, "bn1")(x, use_running_average=not train))
+        activated = nn.relu(batch_norm(self.dtype, "bn1")(x, use_running_average=not train))
         y = conv(self.features, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)), name="conv1")(activated)
-        y = nn.relu(_batch_norm(self.dtype, "bn2")(y, use_running_average=not train))
+        y = nn.relu(batch_norm(self.dtype, "bn2")(y, use_running_average=not train))
         y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
         shortcut = x if equal else conv(self.features, (1, 1), (self.stride, self.stride),
                                         name="convShortcut")(activated)
@@ -151,7 +152,7 @@ class WideResNet(nn.Module):
             stage, j = (int(v) for v in name[len("block"):].split("_"))
             stride = 2 if stage > 1 and j == 0 else 1
             x = after(name, WideBasicBlock(16 * 2 ** (stage - 1) * self.widen, stride, self.dtype, name=name)(x, train))
-        x = nn.relu(_batch_norm(self.dtype, "bn1")(x, use_running_average=not train))
+        x = nn.relu(batch_norm(self.dtype, "bn1")(x, use_running_average=not train))
         x = after("final", x)
         return _classify(self, x, after)
 
@@ -170,7 +171,7 @@ def _conv_bn(x: jnp.ndarray, features: int, kernel: int, stride: int, groups: in
     pad = kernel // 2
     x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
                 feature_group_count=groups, use_bias=False, dtype=dtype, kernel_init=conv_init, name=conv_name)(x)
-    x = _batch_norm(dtype, bn_name)(x, use_running_average=not train)
+    x = batch_norm(dtype, bn_name)(x, use_running_average=not train)
     return nn.relu(x) if relu else x
 
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdml.errors import UserError
 from jaxdml.models.backbones import BACKBONES, backbone_spec
 from jaxdml.models.cifar import CIFAR_NETWORKS, cifar_network, classifier_name
 
@@ -37,7 +38,7 @@ CLASSIFIER_PREFIXES = {"resnet": "fc.", "bninception": "last_linear."}
 CONVERTIBLE = tuple(name for name in BACKBONES if name != "small_cnn") + tuple(CIFAR_NETWORKS)
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """Weights that cannot be used: missing, unreadable, or not fitting the architecture (every key listed)."""
 
 

@@ -61,9 +61,6 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["meta"])
 
-    def best_step(self) -> int | None:
-        return self.manager.best_step()
-
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

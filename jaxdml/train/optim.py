@@ -11,46 +11,43 @@ Proxy-Anchor code do).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import ml_collections
 import optax
 
+# optim.schedule -> the decay after warm-up; the one list of valid names.
+SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict, int], optax.Schedule]] = {
+    "constant": lambda cfg, steps: optax.constant_schedule(cfg.lr),
+    "cosine": lambda cfg, steps: optax.cosine_decay_schedule(cfg.lr, max(1, steps - cfg.warmup_steps)),
+    "step": lambda cfg, steps: optax.piecewise_constant_schedule(
+        cfg.lr, {int(b) - cfg.warmup_steps: cfg.step_factor for b in cfg.step_boundaries}),
+}
+
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
     """Base schedule (before group multipliers): linear warm-up, then constant / cosine / step decay."""
-    if cfg.schedule == "constant":
-        decay = optax.constant_schedule(cfg.lr)
-    elif cfg.schedule == "cosine":
-        decay = optax.cosine_decay_schedule(cfg.lr, max(1, num_steps - cfg.warmup_steps))
-    elif cfg.schedule == "step":
-        boundaries = {int(b) - cfg.warmup_steps: cfg.step_factor for b in cfg.step_boundaries}
-        decay = optax.piecewise_constant_schedule(cfg.lr, boundaries)
-    else:
-        raise ValueError(f"optim.schedule={cfg.schedule!r}: use 'constant', 'cosine' or 'step'")
+    decay = SCHEDULES[cfg.schedule](cfg, num_steps)
     if cfg.warmup_steps <= 0:
         return decay
     warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
     return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
-def _base_optimizer(cfg: ml_collections.ConfigDict, lr: optax.Schedule,
-                    decay_mask: Any) -> optax.GradientTransformation:
-    if cfg.name == "adamw":
-        return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
-    if cfg.name == "adam":
-        base = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
-    elif cfg.name == "sgd":
-        base = optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
-    elif cfg.name == "rmsprop":
-        base = optax.rmsprop(lr, momentum=cfg.momentum)
-    else:
-        raise ValueError(f"optim.name={cfg.name!r}: use 'adam', 'adamw', 'sgd' or 'rmsprop'")
-    if cfg.weight_decay:  # L2 added to the gradient, as torch's weight_decay for these optimisers
-        return optax.chain(optax.add_decayed_weights(cfg.weight_decay, decay_mask), base)
-    return base
+def _l2(cfg: ml_collections.ConfigDict, mask: Any, base: optax.GradientTransformation) -> optax.GradientTransformation:
+    """L2 weight decay added to the gradient (torch's ``weight_decay`` for Adam, SGD, RMSprop)."""
+    return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask), base) if cfg.weight_decay else base
+
+
+# optim.name -> optax optimiser of (config, learning rate, weight-decay mask); the one list of valid names.
+OPTIMIZERS: dict[str, Callable[[ml_collections.ConfigDict, optax.Schedule, Any], optax.GradientTransformation]] = {
+    "adam": lambda cfg, lr, mask: _l2(cfg, mask, optax.adam(lr, b1=cfg.b1, b2=cfg.b2)),
+    "adamw": lambda cfg, lr, mask: optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask),
+    "sgd": lambda cfg, lr, mask: _l2(cfg, mask, optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)),
+    "rmsprop": lambda cfg, lr, mask: _l2(cfg, mask, optax.rmsprop(lr, momentum=cfg.momentum)),
+}
 
 
 def batchnorm_param_mask(params: Mapping[str, Any], batch_stats: Mapping[str, Any]) -> Any:
@@ -90,7 +87,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, params: Mappi
         return lambda step: schedule(step) * multiplier
 
     # multi_transform hands each transform the whole tree (other groups masked), so masks are whole-tree.
-    transforms = {g: _base_optimizer(cfg, group_schedule(g), decay_mask) for g in groups}
+    transforms = {g: OPTIMIZERS[cfg.name](cfg, group_schedule(g), decay_mask) for g in groups}
     transforms["frozen"] = optax.set_to_zero()
     chain = [optax.multi_transform(transforms, labels)]
     if cfg.grad_clip_norm > 0:

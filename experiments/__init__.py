@@ -1,0 +1,1 @@
+"""Experiment config files (ml_collections), loaded by file path; installed as jaxdml.experiments."""

@@ -1,0 +1,212 @@
+"""Hooks of the training loop: logging and progress, evaluation with model selection, early stopping,
+checkpoints and graceful stops on signals. Trainers choose and order them; each keeps its counters in
+``state_dict()`` (saved in every checkpoint) so that an interrupted run resumes to the uninterrupted result.
+
+Order matters: :class:`SignalHook` first (a signal must be seen before the checkpoint decision of the same step),
+then :class:`LogHook`, :class:`EvalHook`, :class:`EarlyStopping`, and :class:`CheckpointHook` last (it saves what
+the others decided and raises :class:`~jaxdml.train.loop.Interrupted` after a signal).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from jaxdml.train.checkpoint import Checkpointer
+from jaxdml.train.loop import Hook, Interrupted, Loop
+from jaxdml.train.writers import MetricWriter
+
+log = logging.getLogger(__name__)
+
+METRIC_NAMES = {"precision_at_1": "P@1", "map_at_r": "MAP@R", "r_precision": "RP", "nmi": "NMI",
+                "accuracy": "top-1", "top5_accuracy": "top-5"}
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """``P@1=97.87  MAP@R=90.50 ...`` (percent) for the metrics a run reports."""
+    keys = [k for k in ("accuracy", "top5_accuracy", "precision_at_1", "map_at_r", "r_precision", "nmi")
+            if k in metrics]
+    keys += sorted(k for k in metrics if k.startswith("recall_at_"))
+    return "  ".join(f"{METRIC_NAMES.get(k, k.replace('recall_at_', 'R@'))}={100 * metrics[k]:.2f}" for k in keys)
+
+
+def due(step: int, every: int, last: int) -> bool:
+    """Whether a periodic action runs after ``step``: every ``every`` steps and at the ``last`` one."""
+    return step % every == 0 or step == last
+
+
+class SignalHook(Hook):
+    """Turns the first SIGINT/SIGTERM into a graceful stop (checkpoint, then exit 128 + signal); a second one
+    interrupts at once."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._signum: int | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        if self._signum is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self._signum = signum
+        log.warning("received %s: saving a checkpoint after this step", signal.Signals(signum).name)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def before_train(self, loop: Loop) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers, no graceful stop
+                pass
+
+    def after_step(self, loop: Loop, step: int) -> None:
+        if self._signum is not None:
+            loop.signum = self._signum
+            loop.request_stop(f"stopped by {signal.Signals(self._signum).name}")
+
+    def after_train(self, loop: Loop) -> None:
+        self._restore()
+
+
+class LogHook(Hook):
+    """Every ``every`` steps: the train metrics (loss, gradient norm, the objective's terms), images/s and skipped
+    records to ``metrics.jsonl`` / TensorBoard, after checking that the state is finite; a progress bar."""
+
+    def __init__(self, writer: MetricWriter, *, every: int, num_steps: int, batch_size: int, progress_bar: bool):
+        self.writer, self.every, self.num_steps, self.batch_size = writer, every, num_steps, batch_size
+        self.progress_bar = progress_bar and jax.process_index() == 0
+        self._window_start, self._images, self._skipped = 0.0, 0, 0
+
+    def before_train(self, loop: Loop) -> None:
+        self._window_start, self._images, self._skipped = time.perf_counter(), 0, 0
+        if self.progress_bar:
+            from tqdm import tqdm
+
+            loop.progress = tqdm(total=self.num_steps, initial=int(loop.state.step), unit="step", dynamic_ncols=True,
+                                 mininterval=1.0)
+
+    def after_step(self, loop: Loop, step: int) -> None:
+        self._images += self.batch_size
+        self._skipped += int(loop.host_batch.get("skipped", 0))
+        if due(step, self.every, self.num_steps):
+            values = {k: float(v) for k, v in jax.device_get(loop.metrics).items()}
+            loop.check_finite(step)
+            elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+            values.update(images_per_second=self._images / elapsed, skipped_records=self._skipped)
+            self.writer.write(step, "train", values)
+            if loop.progress is not None:
+                loop.progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_second']:.0f}")
+            self._window_start, self._images = time.perf_counter(), 0
+        if loop.progress is not None:
+            loop.progress.update(1)
+
+    def after_train(self, loop: Loop) -> None:
+        if loop.progress is not None:
+            loop.progress.close()
+            loop.progress = None
+
+
+class EvalHook(Hook):
+    """Evaluates for model selection every ``every`` steps (and, on a fresh run, the untrained network first);
+    remembers the best value of ``metric`` and its step, and the untrained network's metrics."""
+
+    name = "eval"
+
+    def __init__(self, evaluate: Callable[[Any], dict[str, float]], writer: MetricWriter, *, split: str,
+                 metric: str, every: int, num_steps: int, at_start: bool):
+        self.evaluate, self.writer, self.split, self.metric = evaluate, writer, split, metric
+        self.every, self.num_steps, self.at_start = every, num_steps, at_start
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.initial: dict[str, float] | None = None
+        self.last: tuple[int, dict[str, float]] = (-1, {})  # this process's last evaluation (not checkpointed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_metric": self.best_metric, "best_step": self.best_step, "initial": self.initial}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_metric, self.best_step = state.get("best_metric"), state.get("best_step")
+        self.initial = state.get("initial")
+
+    def run(self, loop: Loop, step: int) -> dict[str, float]:
+        metrics = self.evaluate(loop.state)
+        self.writer.write(step, self.split, metrics)
+        self.last = (step, metrics)
+        return metrics
+
+    def before_train(self, loop: Loop) -> None:
+        if int(loop.state.step) == 0 and self.at_start and self.initial is None:
+            self.initial = self.run(loop, 0)
+            loop.echo(f"untrained network ({self.split}): {format_metrics(self.initial)}")
+
+    def after_step(self, loop: Loop, step: int) -> None:
+        if not due(step, self.every, self.num_steps):
+            return
+        loop.check_finite(step)
+        metrics = self.run(loop, step)
+        value = metrics[self.metric]
+        improved = self.best_metric is None or value > self.best_metric
+        if improved:
+            self.best_metric, self.best_step = value, step
+        loop.events["eval"] = metrics
+        loop.events["improved"] = improved
+        loop.echo(f"step {step} ({self.split}): {format_metrics(metrics)}")
+
+
+class EarlyStopping(Hook):
+    """Ends training after ``patience`` evaluations in a row without a new best (the best checkpoint is kept)."""
+
+    name = "early_stopping"
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.bad_evaluations = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bad_evaluations": self.bad_evaluations}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bad_evaluations = int(state.get("bad_evaluations", 0))
+
+    def before_train(self, loop: Loop) -> None:
+        if self.bad_evaluations >= self.patience:  # a finished run: nothing more to train
+            loop.request_stop("early stopping")
+
+    def after_step(self, loop: Loop, step: int) -> None:
+        if "eval" not in loop.events:
+            return
+        self.bad_evaluations = 0 if loop.events["improved"] else self.bad_evaluations + 1
+        if self.bad_evaluations >= self.patience:
+            loop.request_stop(f"early stopping: {self.patience} evaluations without improvement")
+            loop.events["early_stop"] = step
+
+
+class CheckpointHook(Hook):
+    """Saves the state and every hook's ``state_dict`` every ``every`` steps, after each evaluation (ranked by
+    its metrics for keep-best), at the last step, and when a signal or early stopping ends training; after a
+    signal it raises :class:`~jaxdml.train.loop.Interrupted` once the checkpoint is saved."""
+
+    def __init__(self, checkpointer: Checkpointer, *, every: int, num_steps: int):
+        self.checkpointer, self.every, self.num_steps = checkpointer, every, num_steps
+
+    def after_step(self, loop: Loop, step: int) -> None:
+        if (due(step, self.every, self.num_steps) or "eval" in loop.events or loop.stop_reason is not None):
+            save(loop, self.checkpointer, step, loop.events.get("eval"))
+        if loop.signum is not None:
+            raise Interrupted(f"{loop.stop_reason} after step {step}; checkpoint saved. Rerun the same command to "
+                              f"resume.", loop.signum)
+
+
+def save(loop: Loop, checkpointer: Checkpointer, step: int, metrics: dict[str, float] | None = None) -> None:
+    """Checks that the state is finite, then saves it with the hooks' states (``metrics`` rank it for keep-best)."""
+    loop.check_finite(step)
+    checkpointer.save(step, loop.state, {"step": step, "data_position": step, "hooks": loop.hook_states()}, metrics)

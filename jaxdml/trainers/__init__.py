@@ -1,0 +1,55 @@
+"""Trainers: one per procedure, selected by ``config.trainer``, all on the training core (``jaxdml.train``).
+
+A new procedure is a :class:`~jaxdml.trainers.base.Trainer` subclass in its own module, added to ``TRAINERS``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from jaxdml.config import suggest, validate
+from jaxdml.errors import ConfigError
+from jaxdml.eval import EVALUATORS
+from jaxdml.trainers.base import Procedure, Trainer, TrainingSetup, setup_training
+from jaxdml.trainers.distillation import DistillationTrainer, distillation_procedure
+from jaxdml.trainers.metric_learning import MetricLearningTrainer, metric_learning_procedure
+
+# config.trainer -> trainer class; the one list of valid names.
+TRAINERS: dict[str, type[Trainer]] = {"metric_learning": MetricLearningTrainer, "distillation": DistillationTrainer}
+
+
+def resolve_config(cfg: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, type[Trainer]]:
+    """A validated copy of ``cfg`` with the trainer's defaults filled in (evaluator, selection metric), and the
+    trainer class; raises :class:`ConfigError` naming the fix."""
+    if cfg.get("trainer") not in TRAINERS:
+        raise ConfigError(f"trainer={cfg.get('trainer')!r}: use one of {', '.join(TRAINERS)}."
+                          f"{suggest(str(cfg.get('trainer')), TRAINERS)}")
+    trainer = TRAINERS[cfg.trainer]
+    cfg = copy.deepcopy(cfg)
+    if not cfg.eval.evaluator:
+        cfg.eval.evaluator = trainer.default_evaluator
+    if not cfg.eval.selection_metric and cfg.eval.evaluator in EVALUATORS:
+        cfg.eval.selection_metric = EVALUATORS[cfg.eval.evaluator].default_selection_metric
+    validate(cfg)
+    trainer.check_config(cfg)
+    return cfg, trainer
+
+
+def create_trainer(cfg: ml_collections.ConfigDict, workdir: str | Path) -> Trainer:
+    """The trainer ``cfg.trainer`` names, set up in ``workdir`` (resuming from its newest checkpoint)."""
+    cfg, trainer = resolve_config(cfg)
+    return trainer(cfg, workdir)
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains ``cfg`` in ``workdir`` (resuming if it holds checkpoints); returns the saved summary."""
+    return create_trainer(cfg, workdir).run()
+
+
+__all__ = ["TRAINERS", "DistillationTrainer", "MetricLearningTrainer", "Procedure", "Trainer", "TrainingSetup",
+           "create_trainer", "distillation_procedure", "metric_learning_procedure", "resolve_config",
+           "setup_training", "train_and_evaluate"]

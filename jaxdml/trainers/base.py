@@ -1,0 +1,203 @@
+"""What every trainer shares: the run's lifecycle in a workdir, on the one training core.
+
+A trainer (one per procedure: ``metric_learning``, ``distillation``, ...) says what is trained (its
+:class:`Procedure`: model, initial variables, loss function, frozen arrays) and which hooks run; this class does
+the rest in the same way for all: data, sampler, optimiser, sharded state and jitted step
+(:func:`setup_training`), restore, the loop with its hooks, the final evaluation and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jax
+import ml_collections
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from jaxdml.data import pipeline
+from jaxdml.data.datasets import DataSplits, load_data
+from jaxdml.data.sampler import build_sampler
+from jaxdml.data.sources import num_classes
+from jaxdml.errors import ConfigError
+from jaxdml.eval import EVALUATORS
+from jaxdml.train import hooks as hk
+from jaxdml.train.checkpoint import Checkpointer, abstract_like
+from jaxdml.train.loop import Hook, Loop, prefetch
+from jaxdml.train.optim import make_optimizer
+from jaxdml.train.state import InitFn, TrainState, create_mesh, create_state
+from jaxdml.train.step import LossFn, batch_sharding, make_predict_step, make_train_step
+from jaxdml.train.writers import MetricWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Procedure:
+    """What a trainer trains: the pieces the core turns into a state and a jitted step."""
+
+    model: nn.Module
+    init_fn: InitFn  # () -> (params, model_state, loss_state) of a fresh run
+    loss_fn: LossFn
+    frozen: Any = None  # arrays the step reads but never optimises nor checkpoints (a teacher, its artefacts)
+    post_update: Callable[..., Any] | None = None  # (params, model_state) -> (params, model_state) after each update
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSetup:
+    """A procedure on the devices: the initial state (replicated), its sharding and the jitted steps."""
+
+    model: nn.Module
+    state: TrainState
+    state_sharding: Any
+    tx: optax.GradientTransformation
+    train_step: Callable[[TrainState, Any], tuple[TrainState, Any]]  # (state, batch) -> (state, metrics); donates
+    mesh: Mesh
+
+    def predict(self, output: str) -> Callable[[TrainState, jax.Array], jax.Array]:
+        """The jitted inference function ``(state, images) -> outputs[output]``."""
+        return make_predict_step(self.model, output, self.mesh, self.state_sharding)
+
+
+def setup_training(cfg: ml_collections.ConfigDict, procedure: Procedure, mesh: Mesh) -> TrainingSetup:
+    """Optimiser (parameter groups, frozen BatchNorm), sharded initial state and the jitted, donated train step of
+    ``procedure``: the one place where every task and every benchmark gets them."""
+    params, model_state, _ = jax.eval_shape(procedure.init_fn)
+    tx = make_optimizer(cfg.optim, cfg.train.num_steps, params, model_state.get("batch_stats", {}),
+                        cfg.model.freeze_bn)
+    state, sharding = create_state(procedure.init_fn, tx, mesh)
+    step = make_train_step(procedure.model, procedure.loss_fn, tx, mesh, sharding, frozen=procedure.frozen,
+                           post_update=procedure.post_update)
+    return TrainingSetup(procedure.model, state, sharding, tx, step, mesh)
+
+
+class Trainer:
+    """One run in one workdir: builds everything from the config, then :meth:`run` trains and evaluates.
+
+    Subclasses define :meth:`build` (and optionally :meth:`check_config`, :meth:`prepare_state`,
+    :meth:`extra_hooks`, :meth:`finish`).
+    """
+
+    default_evaluator: ClassVar[str] = "retrieval"
+
+    @classmethod
+    def check_config(cls, cfg: ml_collections.ConfigDict) -> None:
+        """Procedure-specific checks (raise :class:`ConfigError`); the schema checks are done already."""
+
+    def build(self) -> Procedure:
+        raise NotImplementedError
+
+    def prepare_state(self, state: TrainState) -> TrainState:
+        """The fresh state before training (e.g. with pretrained backbone weights)."""
+        return state
+
+    def extra_hooks(self) -> list[Hook]:
+        """The procedure's own hooks, run after evaluation and before the checkpoint."""
+        return []
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """After the final evaluation (e.g. export the trained network)."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | Path):
+        self.cfg = cfg
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+
+        self.mesh = create_mesh()
+        devices = self.mesh.devices.size
+        if cfg.train.batch_size % devices:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {devices} devices; "
+                              f"use a multiple of {devices}.")
+        self.data: DataSplits = load_data(cfg.data)
+        self.sampler = build_sampler(cfg.data, self.data.train, cfg.train.batch_size, cfg.seed)
+        self.num_classes = num_classes(self.data.train)
+
+        setup = setup_training(cfg, self.build(), self.mesh)
+        self.model, self.state_sharding = setup.model, setup.state_sharding
+        evaluator = EVALUATORS[cfg.eval.evaluator]
+        self.evaluator = evaluator(cfg, setup.predict(evaluator.output), self.mesh)
+        # Model selection on the held-out training classes if there are any, else on the test set.
+        if self.data.val is not None:
+            self.selection_split, query, reference = "val", self.data.val, None
+        else:
+            self.selection_split, query, reference = "test", self.data.query, self.data.reference
+
+        t = cfg.train
+        self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=t.keep_checkpoints,
+                                         selection_metric=cfg.eval.selection_metric)
+        self.writer = MetricWriter(self.workdir)
+        self.eval_hook = hk.EvalHook(lambda state: self.evaluator(state, query, reference), self.writer,
+                                     split=self.selection_split, metric=cfg.eval.selection_metric,
+                                     every=t.eval_every, num_steps=t.num_steps, at_start=cfg.eval.at_start)
+        hooks: list[Hook] = [hk.SignalHook(), hk.LogHook(self.writer, every=t.log_every, num_steps=t.num_steps,
+                                                         batch_size=t.batch_size, progress_bar=t.progress_bar),
+                             self.eval_hook]
+        if t.patience:
+            hooks.append(hk.EarlyStopping(t.patience))
+        hooks += [*self.extra_hooks(), hk.CheckpointHook(self.checkpointer, every=t.checkpoint_every,
+                                                          num_steps=t.num_steps)]
+        self.loop = Loop(self.prepare_state(setup.state), setup.train_step, hooks,
+                         last_good_checkpoint=self._last_good_checkpoint)
+        restored = self.checkpointer.restore_latest(abstract_like(self.loop.state))
+        if restored is not None:
+            self.loop.state, meta = restored
+            self.loop.load_hook_states(meta.get("hooks", {}))
+            log.info("resumed from %s at step %d", self.checkpointer.directory, int(self.loop.state.step))
+
+    @property
+    def state(self) -> TrainState:
+        return self.loop.state
+
+    def _last_good_checkpoint(self) -> str:
+        saved = self.checkpointer.steps()
+        return f"step {saved[-1]} in {self.checkpointer.directory}" if saved else "none"
+
+    def close(self) -> None:
+        self.writer.close()
+        self.checkpointer.close()
+
+    def train(self) -> None:
+        """Steps from the restored position to ``train.num_steps`` (or an earlier stop) through the loop."""
+        cfg, start, stop = self.cfg, int(self.state.step), self.cfg.train.num_steps
+        make_batch = pipeline.TrainBatches.from_config(cfg.data, self.data.train, self.sampler, cfg.seed,
+                                                       shard_index=jax.process_index(),
+                                                       shard_count=jax.process_count())
+        batches = prefetch(pipeline.iterate(make_batch, start, max(start, stop), cfg.data.num_workers),
+                           batch_sharding(self.mesh))
+        self.loop.run(batches, start, stop)
+
+    def run(self) -> dict[str, Any]:
+        """Trains, evaluates on the test set (and the best-on-validation checkpoint), saves ``summary.json``."""
+        data = self.data
+        try:
+            self.train()
+            step = int(self.state.step)
+            last_step, last = self.eval_hook.last
+            if self.selection_split == "test" and last_step == step:
+                final = last  # the loop has just evaluated this state on the test set
+            else:
+                final = self.evaluator(self.state, data.query, data.reference)
+                self.writer.write(step, "test", final)
+            print(f"trained, step {step} (test): {hk.format_metrics(final)}", flush=True)
+            summary: dict[str, Any] = {"initial": self.eval_hook.initial, "final": final,
+                                       "best_step": self.eval_hook.best_step}
+            best_step = self.eval_hook.best_step
+            if data.val is not None and best_step is not None:
+                self.checkpointer.wait()
+                best_state, _ = self.checkpointer.restore(best_step, abstract_like(self.state))
+                summary["best"] = self.evaluator(best_state, data.query, data.reference)
+                self.writer.write(best_step, "test_at_best_val", summary["best"])
+                print(f"best on val (step {best_step}), test: {hk.format_metrics(summary['best'])}", flush=True)
+            hk.save(self.loop, self.checkpointer, step)
+            self.finish(summary)
+            (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            return summary
+        finally:
+            self.close()
