@@ -11,7 +11,8 @@ import tensorflow_datasets as tfds
 
 from jaxdml.data import prepare, tfds_sources
 from jaxdml.data.sources import CorruptRecordError, DatasetNotPreparedError, DataSplits, SubsetSource
-from jaxdml.data.tfds_sources import DATASETS, TfdsSource, load_dataset
+from jaxdml.data.specs import DATASETS
+from jaxdml.data.tfds_sources import TfdsSource, load_dataset
 
 NUM_EXAMPLES = 120  # per mocked split
 

@@ -29,7 +29,7 @@ PREPARE_EXTRA = "pip install -e '.[prepare]'"
 
 def missing_requirements(name: str) -> list[str]:
     """Modules that preparing ``name`` needs and that are not installed, with what to install."""
-    from jaxdml.data.tfds_sources import SPECS
+    from jaxdml.data.specs import SPECS
 
     missing = []
     if importlib.util.find_spec("importlib_resources") is None:
@@ -53,7 +53,7 @@ def prepare(name: str, data_dir: str | None, manual_dir: str | None) -> str:
     """Downloads (or takes from ``manual_dir``) and writes ``name`` as ArrayRecord; returns the data root."""
     import tensorflow_datasets as tfds
 
-    from jaxdml.data.tfds_sources import SPECS
+    from jaxdml.data.specs import SPECS
 
     spec = SPECS[name]
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
@@ -83,7 +83,8 @@ def prepare(name: str, data_dir: str | None, manual_dir: str | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from jaxdml.data.tfds_sources import DATASETS, load_dataset
+    from jaxdml.data.specs import DATASETS
+    from jaxdml.data.tfds_sources import load_dataset
 
     parser = argparse.ArgumentParser(
         prog="python -m jaxdml.data.prepare",

@@ -4,7 +4,7 @@ Reading never needs TensorFlow: ``tfds.data_source`` opens the ArrayRecord files
 the dataset's own NumPy example parser (``tfds``' ``ExampleParserNp``) and JPEGs are decoded with PIL.
 Preparing the files (``python -m jaxdml.data.prepare``) is a separate, one-off step.
 
-Protocols (DESIGN.md §6): CUB-200-2011 classes 1–100 train / 101–200 test and Cars196 1–98 / 99–196 (TFDS
+Protocols (the usual DML splits): CUB-200-2011 classes 1–100 train / 101–200 test and Cars196 1–98 / 99–196 (TFDS
 ships both as classification splits, so train+test are concatenated and re-split by class); Stanford Online
 Products as TFDS ships it (label ``class_id``, ``super_class_id`` exposed as ``super_labels``); In-Shop
 (``jaxdml.data.inshop``) train / query / gallery, with query and gallery sharing one label mapping.
