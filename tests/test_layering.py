@@ -19,13 +19,8 @@ def _modules():
 
 
 def _package(module: str) -> str:
-    """The unit of layering: ``jaxdml.<sub>`` for modules in a sub-package, ``jaxdml`` for the root's modules."""
-    parts = module.split(".")
-    if parts[0] != "jaxdml":
-        return module
-    if len(parts) > 1 and (ROOTS["jaxdml"] / parts[1]).is_dir() or parts[:2] == ["jaxdml", "kernels"]:
-        return ".".join(parts[:2])
-    return ".".join(parts[:2]) if len(parts) > 1 else "jaxdml"
+    """The unit of layering: ``jaxdml.<sub>`` (a sub-package, or a root module such as ``jaxdml.config``)."""
+    return ".".join(module.split(".")[:2])
 
 
 def _imports(path: Path):
