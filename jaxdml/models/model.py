@@ -55,9 +55,9 @@ class Model(nn.Module):
         return self.head(features, train=train, **head_kwargs)
 
     def refresh(self) -> None:
-        """Parameter updates that are not gradient steps (GSP's prototype initialisation); run after each step."""
-        if self.head is not None and hasattr(self.head, "refresh"):
-            self.head.refresh()
+        """Parameter updates that are not gradient steps (GSP's prototype initialisation); the train step runs it
+        after each update when :func:`has_refresh` says the head has any."""
+        self.head.refresh()
 
 
 def has_refresh(model: Model) -> bool:
