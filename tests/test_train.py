@@ -14,7 +14,7 @@ from train_helpers import REPO, cli, tiny_config
 from jaxdml.train.checkpoint import Checkpointer, abstract_like
 from jaxdml.train.loop import TrainingDivergedError
 from jaxdml.train.writers import read_metrics
-from jaxdml.trainers import create_trainer, train_and_evaluate
+from jaxdml.trainers import Resume, create_trainer, train_and_evaluate
 
 
 def final_params(workdir, cfg):
@@ -67,7 +67,7 @@ def test_half_written_checkpoint_is_set_aside(tmp_path, caplog):
     (broken / "state" / "half_written").write_bytes(b"\x00" * 10)
     (broken / "_CHECKPOINT_METADATA").write_text("{}")
     cfg.train.num_steps = 12
-    train_and_evaluate(cfg, tmp_path)
+    train_and_evaluate(cfg, tmp_path, resume=Resume(extend_steps=True))
     assert "checkpoint step 10" in caplog.text and (tmp_path / "checkpoints" / "10.unreadable").exists()
     steps = [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"]
     assert steps == list(range(1, 13)), "resumed from step 8, the newest complete checkpoint"

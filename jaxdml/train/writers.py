@@ -20,11 +20,20 @@ def _plain(value: Any) -> Any:
 
 
 class MetricWriter:
-    """Appends ``{"step", "split", "time", **metrics}`` lines; mirrors scalars to TensorBoard."""
+    """Appends ``{"step", "split", "time", **metrics}`` lines; mirrors scalars to TensorBoard.
 
-    def __init__(self, workdir: str | Path, tensorboard: bool = True):
+    One record per (step, split): a resumed run starts with ``resume_step`` (the restored checkpoint's step; None
+    for a fresh start), which drops the records of steps the interrupted process did after that checkpoint (they
+    are redone), and writing a (step, split) that is already there replaces the old record.
+    """
+
+    def __init__(self, workdir: str | Path, tensorboard: bool = True, *, resume_step: int | None = None):
         self.path = Path(workdir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [] if resume_step is None else [r for r in read_metrics(workdir) if r["step"] <= resume_step]
+        if self.path.exists():
+            self._rewrite(kept)
+        self._keys = {(r["step"], r["split"]) for r in kept}
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard:
@@ -35,6 +44,12 @@ class MetricWriter:
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         record = {"step": int(step), "split": split, "time": round(time.time(), 3)}
         record.update({k: _plain(v) for k, v in metrics.items()})
+        row = (record["step"], split)
+        if row in self._keys:  # e.g. the final evaluation of a finished run, rerun
+            self._file.close()
+            self._rewrite([r for r in read_metrics(self.path.parent) if (r["step"], r["split"]) != row])
+            self._file = self.path.open("a")
+        self._keys.add(row)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:
@@ -43,6 +58,12 @@ class MetricWriter:
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{split}/{key}", value, int(step))
 
+    def _rewrite(self, records: list[dict[str, Any]]) -> None:
+        """Replaces the file's contents atomically (a crash leaves the old or the new file, never half)."""
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        tmp.replace(self.path)
+
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
@@ -50,8 +71,14 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    """All records of a workdir's ``metrics.jsonl``."""
+    """All records of a workdir's ``metrics.jsonl`` (a line cut short by a killed process is skipped)."""
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -17,6 +17,7 @@ from jaxdml.eval import EVALUATORS
 from jaxdml.trainers.base import Procedure, Trainer, TrainingSetup, setup_training
 from jaxdml.trainers.distillation import DistillationTrainer, distillation_procedure
 from jaxdml.trainers.metric_learning import MetricLearningTrainer, metric_learning_procedure
+from jaxdml.trainers.workdir import RESUME_SAFE_KEYS, Resume
 
 # config.trainer -> trainer class; the one list of valid names.
 TRAINERS: dict[str, type[Trainer]] = {"metric_learning": MetricLearningTrainer, "distillation": DistillationTrainer}
@@ -39,17 +40,19 @@ def resolve_config(cfg: ml_collections.ConfigDict) -> tuple[ml_collections.Confi
     return cfg, trainer
 
 
-def create_trainer(cfg: ml_collections.ConfigDict, workdir: str | Path) -> Trainer:
-    """The trainer ``cfg.trainer`` names, set up in ``workdir`` (resuming from its newest checkpoint)."""
+def create_trainer(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: Resume | None = None) -> Trainer:
+    """The trainer ``cfg.trainer`` names, set up in ``workdir`` (resuming from its newest checkpoint if the run
+    there has the same config; ``resume`` allows an extension or a fork, see :mod:`jaxdml.trainers.workdir`)."""
     cfg, trainer = resolve_config(cfg)
-    return trainer(cfg, workdir)
+    return trainer(cfg, workdir, resume=resume)
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Trains ``cfg`` in ``workdir`` (resuming if it holds checkpoints); returns the saved summary."""
-    return create_trainer(cfg, workdir).run()
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: Resume | None = None
+                       ) -> dict[str, Any]:
+    """Trains ``cfg`` in ``workdir`` (resuming if it holds checkpoints of the same run); returns the summary."""
+    return create_trainer(cfg, workdir, resume=resume).run()
 
 
-__all__ = ["TRAINERS", "DistillationTrainer", "MetricLearningTrainer", "Procedure", "Trainer", "TrainingSetup",
-           "create_trainer", "distillation_procedure", "metric_learning_procedure", "resolve_config",
-           "setup_training", "train_and_evaluate"]
+__all__ = ["RESUME_SAFE_KEYS", "TRAINERS", "DistillationTrainer", "MetricLearningTrainer", "Procedure", "Resume",
+           "Trainer", "TrainingSetup", "create_trainer", "distillation_procedure", "metric_learning_procedure",
+           "resolve_config", "setup_training", "train_and_evaluate"]

@@ -25,15 +25,16 @@ from jaxdml.data import pipeline
 from jaxdml.data.datasets import DataSplits, load_data
 from jaxdml.data.sampler import build_sampler
 from jaxdml.data.sources import num_classes
-from jaxdml.errors import ConfigError
+from jaxdml.errors import ConfigError, UserError
 from jaxdml.eval import EVALUATORS
 from jaxdml.train import hooks as hk
-from jaxdml.train.checkpoint import Checkpointer, abstract_like
+from jaxdml.train.checkpoint import Checkpointer, CorruptCheckpointError, abstract_like
 from jaxdml.train.loop import Hook, Loop, prefetch
 from jaxdml.train.optim import make_optimizer
 from jaxdml.train.state import InitFn, TrainState, create_mesh, create_state
 from jaxdml.train.step import LossFn, batch_sharding, make_predict_step, make_train_step
 from jaxdml.train.writers import MetricWriter
+from jaxdml.trainers.workdir import Resume, RunRecord, check_writable, parse_fork, saved_steps
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +105,20 @@ class Trainer:
     def finish(self, summary: dict[str, Any]) -> None:
         """After the final evaluation (e.g. export the trained network)."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | Path):
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: Resume | None = None):
+        """Checks the workdir and the run in it, loads the data, builds the state, restores the newest checkpoint
+        (or the ``resume.fork_from`` one) and only then writes ``config.json``: a refused or failed invocation
+        writes nothing."""
+        resume = resume or Resume()
         self.cfg = cfg
         self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+        check_writable(self.workdir)
+        self.record = RunRecord(self.workdir)
+        changes = self.record.check(cfg, resume)
+        fork = parse_fork(resume.fork_from) if resume.fork_from else None
+        if fork is not None and not saved_steps(fork[0]):
+            raise ConfigError(f"--fork_from={resume.fork_from}: {fork[0]} holds no checkpoints (a jaxdml workdir has "
+                              f"them in <workdir>/checkpoints).")
 
         self.mesh = create_mesh()
         devices = self.mesh.devices.size
@@ -130,9 +140,47 @@ class Trainer:
             self.selection_split, query, reference = "test", self.data.query, self.data.reference
 
         t = cfg.train
-        self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=t.keep_checkpoints,
-                                         selection_metric=cfg.eval.selection_metric)
-        self.writer = MetricWriter(self.workdir)
+        state, meta = self.prepare_state(setup.state), {}
+        checkpoints = self.workdir / "checkpoints"
+        self.checkpointer: Checkpointer | None = None
+        if fork is not None:
+            state, step = self._restore_fork(fork, abstract_like(state))
+            parent = {"workdir": str(fork[0].absolute()), "step": step}
+            event, details, resume_step = "fork", {"forked_from": parent}, None
+        else:
+            event, details, resume_step = "start", {}, None
+            if saved_steps(self.workdir):
+                self.checkpointer = Checkpointer(checkpoints, keep=t.keep_checkpoints,
+                                                 selection_metric=cfg.eval.selection_metric)
+                restored = self.checkpointer.restore_latest(abstract_like(state))
+                if restored is not None:
+                    (state, meta), resume_step = restored, int(restored[0].step)
+                    event = "extend" if "train.num_steps" in changes else "resume"
+                    log.info("resumed from %s at step %d", checkpoints, resume_step)
+            if changes:
+                details["changes"] = {k: list(v) for k, v in changes.items()}
+
+        self._state, self._meta, self._start = state, meta, (event, details, resume_step)
+        self._train_step, self._selection_data = setup.train_step, (query, reference)
+        self.writer: MetricWriter | None = None
+        self.loop: Loop | None = None
+
+    def begin(self) -> Loop:
+        """The run really starts: writes ``config.json`` / ``run.json``, opens the metric files and the
+        checkpoints, and builds the loop with its hooks (done by :meth:`train`; once)."""
+        if self.loop is not None:
+            return self.loop
+        cfg, t = self.cfg, self.cfg.train
+        (event, details, resume_step), (query, reference) = self._start, self._selection_data
+        try:
+            self.record.start(cfg, int(self._state.step), event, **details)
+            if self.checkpointer is None:
+                self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=t.keep_checkpoints,
+                                                 selection_metric=cfg.eval.selection_metric)
+            self.writer = MetricWriter(self.workdir, resume_step=resume_step)
+        except OSError as error:
+            raise UserError(f"cannot write to --workdir {self.workdir}: {error.strerror or error} "
+                            f"({error.filename or self.workdir}).") from None
         self.eval_hook = hk.EvalHook(lambda state: self.evaluator(state, query, reference), self.writer,
                                      split=self.selection_split, metric=cfg.eval.selection_metric,
                                      every=t.eval_every, num_steps=t.num_steps, at_start=cfg.eval.at_start)
@@ -143,35 +191,72 @@ class Trainer:
             hooks.append(hk.EarlyStopping(t.patience))
         hooks += [*self.extra_hooks(), hk.CheckpointHook(self.checkpointer, every=t.checkpoint_every,
                                                           num_steps=t.num_steps)]
-        self.loop = Loop(self.prepare_state(setup.state), setup.train_step, hooks,
-                         last_good_checkpoint=self._last_good_checkpoint)
-        restored = self.checkpointer.restore_latest(abstract_like(self.loop.state))
-        if restored is not None:
-            self.loop.state, meta = restored
-            self.loop.load_hook_states(meta.get("hooks", {}))
-            log.info("resumed from %s at step %d", self.checkpointer.directory, int(self.loop.state.step))
+        self.loop = Loop(self._state, self._train_step, hooks, last_good_checkpoint=self._last_good_checkpoint)
+        self.loop.load_hook_states(self._meta.get("hooks", {}))
+        return self.loop
+
+    def _restore_fork(self, fork: tuple[Path, int | None], abstract: Any) -> tuple[TrainState, int]:
+        """The state of another run's checkpoint (its newest, or the given step), checked to fit this run."""
+        directory, step = fork
+        source = Checkpointer(directory / "checkpoints", keep=1, selection_metric=self.cfg.eval.selection_metric,
+                              read_only=True)
+        try:
+            steps = source.steps()
+            if step is None and steps:
+                step = steps[-1]
+            if step not in steps:
+                raise ConfigError(f"--fork_from={directory}:{step}: no complete checkpoint of step {step} there; "
+                                  f"saved steps: {', '.join(map(str, steps)) or 'none'}.")
+            source.check_fits(step, abstract, fix="a fork may change values such as optim.lr or loss weights, not "
+                                                   "shapes (model sizes, the optimiser, the dataset's classes)")
+            try:
+                state, _ = source.restore(step, abstract)
+            except CorruptCheckpointError as error:
+                raise UserError(f"--fork_from: checkpoint step {step} in {source.directory} is damaged ({error}); "
+                                f"fork from another step.") from None
+        finally:
+            source.close()
+        log.info("forked from %s step %d", source.directory, step)
+        return state, step
 
     @property
     def state(self) -> TrainState:
-        return self.loop.state
+        """The current state: restored (or fresh) before :meth:`begin`, then the loop's."""
+        return self._state if self.loop is None else self.loop.state
 
     def _last_good_checkpoint(self) -> str:
         saved = self.checkpointer.steps()
-        return f"step {saved[-1]} in {self.checkpointer.directory}" if saved else "none"
+        if not saved:
+            return "none"
+        return (f"step {saved[-1]} in {self.checkpointer.directory} (to retry from it with another config, e.g. a "
+                f"lower optim.lr: --fork_from={self.workdir}:{saved[-1]} --workdir=<new>)")
 
     def close(self) -> None:
-        self.writer.close()
-        self.checkpointer.close()
+        """Closes the metric files and waits for the last checkpoint (raises if that save failed)."""
+        try:
+            if self.writer is not None:
+                self.writer.close()
+        finally:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
+
+    def _close_after_error(self) -> None:
+        """Like :meth:`close`, while another error is on its way out: failures here are only logged."""
+        try:
+            self.close()
+        except Exception as error:  # the original error is the one to report
+            log.warning("while closing after an error: %s: %s", type(error).__name__, error)
 
     def train(self) -> None:
         """Steps from the restored position to ``train.num_steps`` (or an earlier stop) through the loop."""
+        loop = self.begin()
         cfg, start, stop = self.cfg, int(self.state.step), self.cfg.train.num_steps
         make_batch = pipeline.TrainBatches.from_config(cfg.data, self.data.train, self.sampler, cfg.seed,
                                                        shard_index=jax.process_index(),
                                                        shard_count=jax.process_count())
         batches = prefetch(pipeline.iterate(make_batch, start, max(start, stop), cfg.data.num_workers),
                            batch_sharding(self.mesh))
-        self.loop.run(batches, start, stop)
+        loop.run(batches, start, stop)
 
     def run(self) -> dict[str, Any]:
         """Trains, evaluates on the test set (and the best-on-validation checkpoint), saves ``summary.json``."""
@@ -198,6 +283,8 @@ class Trainer:
             hk.save(self.loop, self.checkpointer, step)
             self.finish(summary)
             (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            return summary
-        finally:
-            self.close()
+        except BaseException:
+            self._close_after_error()
+            raise
+        self.close()
+        return summary
