@@ -2,17 +2,32 @@
 
 Experiment files (``experiments/*.py``) start from :func:`default_config` and change what they need.
 :func:`validate` rejects keys the schema does not know (typos in experiment files or in
-``--config.a.b=v`` overrides) with the closest valid names, so a misspelt key never silently does nothing.
+``--config.a.b=v`` overrides) with the closest valid names, so a misspelt key never silently does nothing, and
+every value that breaks its rule, before any work: the type of its default, its range (``RULES``: counts,
+fractions, intervals, increasing tuples; never NaN or inf), its allowed names (``CHOICES``, read from the
+registries), the rules between keys (``CROSS_KEY_RULES``) and, for ``loss.kwargs``, ``loss.miner.kwargs`` and
+``loss.extra_terms.<term>.kwargs``, the signature of the loss or miner named. Each message is one line: the key,
+the bad value, the rule and a valid value (``train.log_every=0 must be >= 1; e.g. train.log_every=1.``).
 """
 
 from __future__ import annotations
 
+import ast
+import copy
+import dataclasses
 import difflib
 import importlib.util
-from collections.abc import Iterable, Sequence
+import inspect
+import math
+import numbers
+import re
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
@@ -24,13 +39,15 @@ from jaxdml.data.sampler import GROUPED_SAMPLERS, SAMPLERS
 from jaxdml.errors import ConfigError
 from jaxdml.eval import EVALUATORS
 from jaxdml.kernels import METHODS as GSP_METHODS
-from jaxdml.losses import LOSSES, MINERS
+from jaxdml.losses import LOSSES, MINERS, make_objective
+from jaxdml.losses.registry import loss_hyper_parameters, miner_hyper_parameters
 from jaxdml.models.backbones import BACKBONES
 from jaxdml.models.cifar import CIFAR_NETWORKS
 from jaxdml.models.model import COMPUTE_DTYPES, POOLING_NAMES
 from jaxdml.train.optim import OPTIMIZERS, SCHEDULES
 
-__all__ = ["ConfigError", "check_overrides", "default_config", "load_config_file", "load_sibling", "suggest",
+__all__ = ["CHOICES", "RULES", "ConfigError", "check_hyper_parameter", "check_overrides", "default_config",
+           "hyper_parameter_owner", "load_config_file", "load_sibling", "parse_hyper_parameter", "rule_of", "suggest",
            "unknown_keys", "validate"]
 
 
@@ -196,6 +213,7 @@ def unknown_keys(cfg: ml_collections.ConfigDict) -> list[str]:
 
 
 # Keys with a closed set of values -> the allowed values (read from the registries the code dispatches on).
+# ``trainer`` and ``distill.method`` are checked by the trainers (jaxdml.trainers.resolve_config).
 CHOICES: dict[str, Iterable[str]] = {
     "data.name": DATASETS,
     "data.sampler": SAMPLERS,
@@ -205,10 +223,239 @@ CHOICES: dict[str, Iterable[str]] = {
     "model.gsp.method": GSP_METHODS,
     "model.compute_dtype": COMPUTE_DTYPES,
     "loss.name": LOSSES,
+    "loss.miner.name": MINERS,
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
+    "distill.teacher_arch": CIFAR_NETWORKS,
     "eval.evaluator": EVALUATORS,
 }
+# Of those, the keys where "" means none (no miner, no teacher, the trainer's evaluator).
+OPTIONAL_CHOICES = ("loss.miner.name", "distill.teacher_arch", "eval.evaluator")
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written in a ``--config.key=value`` flag (strings quoted, tuples as tuples)."""
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_show(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return repr(value)
+
+
+def _is_mapping(value: Any) -> bool:
+    return isinstance(value, (Mapping, ml_collections.ConfigDict))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class Rule:
+    """What a key's value must be. :meth:`problem` returns None for a valid value, else (what it must be, the
+    valid value closest to it); :meth:`check` raises :class:`ConfigError` with the one-line message."""
+
+    def problem(self, value: Any, default: Any) -> tuple[str, Any] | None:
+        raise NotImplementedError
+
+    def check(self, key: str, value: Any, default: Any) -> None:
+        problem = self.problem(value, default)
+        if problem is not None:
+            raise ConfigError(_message(key, value, *problem))
+
+
+def _message(key: str, value: Any, requirement: str, suggestion: Any) -> str:
+    return f"{key}={_show(value)} {requirement}; e.g. {key}={_show(suggestion)}."
+
+
+@dataclasses.dataclass(frozen=True)
+class Number(Rule):
+    """A finite number (``kind=int``: a whole number, e.g. a count) within the given bounds."""
+
+    kind: type = float
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    @property
+    def noun(self) -> str:
+        return "an integer" if self.kind is int else "a number"
+
+    def rule(self) -> str:
+        """``>= 1``, ``> 0``, ``in (0, 1]``, ... (empty for any number)."""
+        lo = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        hi = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if lo and hi:
+            return f"in {lo}, {hi}"
+        if lo:
+            return f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}"
+        if hi:
+            return f"<= {self.le:g}" if self.le is not None else f"< {self.lt:g}"
+        return ""
+
+    def _typed(self, value: Any) -> bool:
+        return (_is_int(value) if self.kind is int else _is_real(value)) and math.isfinite(value)
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` has the right type, is finite and lies within the bounds."""
+        return self._typed(value) and ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                                       and (self.le is None or value <= self.le)
+                                       and (self.lt is None or value < self.lt))
+
+    def closest(self, value: Any, default: Any) -> Any:
+        """The valid value nearest ``value`` (a closed bound, or ``default`` beyond an open one)."""
+        if not _is_real(value) or not math.isfinite(value):
+            return default if self.holds(default) else self.closest(0, None)
+        if self.kind is int:
+            value = round(value)
+        if self.ge is not None and value < self.ge:
+            value = self.kind(self.ge)
+        if self.le is not None and value > self.le:
+            value = self.kind(self.le)
+        if self.holds(value):
+            return value
+        return default if default is not None and self.holds(default) else value
+
+    def problem(self, value: Any, default: Any) -> tuple[str, Any] | None:
+        if self.holds(value):
+            return None
+        rule = self.rule()
+        if self._typed(value):
+            requirement = f"must be {rule}"  # the right type, out of range
+        else:
+            noun = "a finite number" if _is_real(value) and not math.isfinite(value) else self.noun
+            requirement = f"must be {noun}" + (f" {rule}" if rule else "")
+        return requirement, self.closest(value, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval(Rule):
+    """A pair ``(lo, hi)``, ``lo <= hi``, of numbers that each satisfy ``bound``."""
+
+    bound: Number
+
+    def problem(self, value: Any, default: Any) -> tuple[str, Any] | None:
+        pair = isinstance(value, (tuple, list)) and len(value) == 2
+        if pair and all(self.bound.holds(v) for v in value) and value[0] <= value[1]:
+            return None
+        fixed = tuple(sorted(self.bound.closest(v, d) for v, d in zip(value if pair else default, default)))
+        return f"must be a pair (lo, hi) with lo <= hi, both {self.bound.rule()}", fixed
+
+
+@dataclasses.dataclass(frozen=True)
+class Increasing(Rule):
+    """A tuple of numbers that each satisfy ``item``, in strictly increasing order (possibly empty)."""
+
+    item: Number
+
+    def problem(self, value: Any, default: Any) -> tuple[str, Any] | None:
+        items = value if isinstance(value, (tuple, list)) else None
+        if items is not None and all(self.item.holds(v) for v in items) and list(items) == sorted(set(items)):
+            return None
+        if items is None:
+            fixed = tuple(default)
+        else:
+            near = {self.item.closest(v, None) for v in items if _is_real(v) and math.isfinite(v)}
+            fixed = tuple(sorted(v for v in near if self.item.holds(v)))
+        plural = "integers" if self.item.kind is int else "numbers"
+        return f"must be a tuple of {plural} {self.item.rule()} in increasing order", fixed
+
+
+@dataclasses.dataclass(frozen=True)
+class OfType(Rule):
+    """A value of the default's type: a bool, a string, or (``optional``) a string or None."""
+
+    kind: type
+    optional: bool = False
+
+    def problem(self, value: Any, default: Any) -> tuple[str, Any] | None:
+        if isinstance(value, self.kind) or (self.optional and value is None):
+            return None
+        noun = {bool: "True or False", str: "a string"}.get(self.kind, self.kind.__name__)
+        return f"must be {noun}" + (" or None" if self.optional else ""), default
+
+
+COUNT = Number(int, ge=1)  # a positive integer: sizes, steps, intervals
+INDEX = Number(int, ge=0)  # a non-negative integer: workers, step offsets, "0 = off" switches
+POSITIVE = Number(gt=0)
+NON_NEGATIVE = Number(ge=0)
+UNIT = Number(ge=0, lt=1)  # a fraction or decay rate below one
+
+# Every numeric key -> its range. Keys missing here are strings or bools (checked against their default's type).
+RULES: dict[str, Rule] = {
+    "seed": INDEX,
+    "data.image_size": COUNT,
+    "data.resize_size": COUNT,
+    "data.crop_area": Interval(Number(gt=0, le=1)),
+    "data.crop_aspect": Interval(POSITIVE),
+    "data.samples_per_class": COUNT,
+    "data.super_classes_per_batch": COUNT,
+    "data.val_fraction": UNIT,
+    "data.num_workers": INDEX,
+    "data.crop_padding": INDEX,
+    "data.rotation_degrees": Number(ge=0, le=180),
+    "model.width": COUNT,
+    "model.embedding_dim": COUNT,
+    "model.gsp.num_prototypes": COUNT,
+    "model.gsp.transport_ratio": Number(gt=0, le=1),
+    "model.gsp.gamma": POSITIVE,
+    "model.gsp.memory_size": INDEX,  # 0: the prototypes start from their initialiser (or prototypes_file)
+    "loss.weight": NON_NEGATIVE,
+    "loss.xbm.batches": INDEX,
+    "loss.xbm.start_step": INDEX,
+    "loss.zsr.weight": UNIT,  # (1 - w) L + w L_zsr; w = 1 would train the ZSR term alone
+    "loss.zsr.ridge": POSITIVE,
+    "loss.zsr.scale": POSITIVE,
+    "optim.lr": POSITIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.momentum": UNIT,
+    "optim.b1": UNIT,
+    "optim.b2": UNIT,
+    "optim.warmup_steps": INDEX,
+    "optim.step_boundaries": Increasing(COUNT),  # and within (optim.warmup_steps, train.num_steps): _cross_key
+    "optim.step_factor": POSITIVE,
+    "optim.grad_clip_norm": NON_NEGATIVE,
+    "optim.lr_mult.backbone": NON_NEGATIVE,
+    "optim.lr_mult.head": NON_NEGATIVE,
+    "optim.lr_mult.loss": NON_NEGATIVE,
+    "optim.freeze_backbone_steps": INDEX,
+    "train.batch_size": COUNT,
+    "train.num_steps": COUNT,
+    "train.log_every": COUNT,
+    "train.eval_every": COUNT,
+    "train.checkpoint_every": COUNT,
+    "train.keep_checkpoints": COUNT,
+    "train.patience": INDEX,
+    "distill.ce_weight": NON_NEGATIVE,
+    "distill.kd_weight": NON_NEGATIVE,
+    "distill.kd_temperature": POSITIVE,
+    "distill.fitnet_weight": NON_NEGATIVE,
+    "distill.letkd.num_words": COUNT,
+    "distill.letkd.temperature": POSITIVE,
+    "distill.letkd.penultimate_alpha": POSITIVE,
+    "distill.letkd.penultimate_weight": NON_NEGATIVE,
+    "distill.letkd.lda_dims": COUNT,
+    "distill.letkd.subclasses": COUNT,
+    "distill.letkd.intermediate_alpha": POSITIVE,
+    "distill.letkd.intermediate_weight": NON_NEGATIVE,
+    "distill.letkd.max_points": COUNT,
+    "distill.template.templates_per_class": COUNT,
+    "distill.template.weight": NON_NEGATIVE,
+    "eval.batch_size": COUNT,
+    "eval.ks": Increasing(COUNT),
+}
+
+
+def rule_of(key: str, default: Any) -> Rule:
+    """The rule a key's value must satisfy: its range (``RULES``), else its default's type."""
+    if key in RULES:
+        return RULES[key]
+    if default is None:  # config_dict.placeholder(str): a path or None
+        return OfType(str, optional=True)
+    return OfType(type(default))
 
 
 def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -224,39 +471,309 @@ def _check_choice(key: str, value: Any, allowed: Iterable[str]) -> None:
         raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}.{suggest(str(value), allowed)}")
 
 
+# ---------------------------------------------------------------------------------------------- hyper-parameters
+
+def hyper_parameter_owner(cfg: ml_collections.ConfigDict, section: str) -> tuple[str, dict[str, inspect.Parameter]]:
+    """For a section with ``kwargs`` (``loss``, ``loss.miner``, ``loss.extra_terms.<term>``): a description of the
+    loss or miner its ``name`` selects and that function's hyper-parameters (name -> signature parameter)."""
+    name = _get(cfg, section)["name"]
+    if section == "loss.miner":
+        if not name:
+            raise ConfigError("loss.miner.kwargs is set but loss.miner.name is empty (no miner); set loss.miner.name "
+                              f"to one of: {', '.join(MINERS)}.")
+        _check_choice("loss.miner.name", name, MINERS)
+        return f"miner {name!r}", miner_hyper_parameters(name)
+    _check_choice(f"{section}.name", name, LOSSES)
+    return f"loss {name!r}", loss_hyper_parameters(name)
+
+
+def _parameter_type(param: inspect.Parameter) -> tuple[type | None, tuple[Any, ...], bool]:
+    """(type, allowed values of a ``Literal``, whether None is allowed) of a hyper-parameter: the type of its
+    default (bool, int, float, str, tuple), else the first of these its annotation names."""
+    annotation, choices = param.annotation, ()
+    if typing.get_origin(annotation) is typing.Literal:
+        choices, annotation = typing.get_args(annotation), ""
+    elif not isinstance(annotation, str):  # a type, or no annotation
+        annotation = getattr(annotation, "__name__", "")
+    elif annotation.startswith("Literal["):  # postponed annotations (from __future__ import annotations)
+        choices = tuple(ast.literal_eval(f"({annotation[len('Literal['):-1]},)"))
+    default = param.default
+    if default is not None and default is not inspect.Parameter.empty:
+        return type(default), choices, False
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str), ("tuple", tuple)):
+        if name in re.split(r"[^\w.]+", annotation):
+            return kind, choices, default is None
+    return None, choices, True
+
+
+def _value_fits(value: Any, kind: type | None, optional: bool) -> bool:
+    if value is None:
+        return optional
+    if kind is None:
+        return True
+    if kind is bool or kind is str:
+        return isinstance(value, kind)
+    if kind is int:
+        return _is_int(value)
+    if kind is float:
+        return _is_real(value) and math.isfinite(value)
+    if kind is tuple:
+        return isinstance(value, (tuple, list))
+    return isinstance(value, kind)
+
+
+_NOUNS = {bool: "True or False", int: "an integer", float: "a finite number", str: "a string", tuple: "a tuple"}
+
+
+def check_hyper_parameter(key: str, owner: str, params: Mapping[str, inspect.Parameter], value: Any) -> None:
+    """Raises :class:`ConfigError` unless ``key`` (``<section>.kwargs.<name>``) names a hyper-parameter of the loss
+    or miner ``owner`` and ``value`` has its type (and one of its ``Literal`` values)."""
+    name = key.rsplit(".", 1)[-1]
+    listed = ", ".join(params) or "none"
+    if name not in params:
+        close = difflib.get_close_matches(name, list(params), n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(f"{key}: {owner} has no hyper-parameter {name!r}.{hint} Its hyper-parameters: {listed}.")
+    kind, choices, optional = _parameter_type(params[name])
+    default = params[name].default
+    if not _value_fits(value, kind, optional):
+        noun = _NOUNS.get(kind, kind.__name__) + (" or None" if optional else "")
+        raise ConfigError(f"{key}={_show(value)} must be {noun} (a hyper-parameter of {owner}); "
+                          f"e.g. {key}={_show(default)}.")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}={_show(value)} is not one of: {', '.join(choices)} (a hyper-parameter of "
+                          f"{owner}).{suggest(str(value), choices)}")
+
+
+def parse_hyper_parameter(key: str, text: str, owner: str, params: Mapping[str, inspect.Parameter]) -> Any:
+    """The value of the flag ``--config.<key>=<text>``, parsed as the type of the hyper-parameter's default (bool,
+    int, float, str, tuple) and checked by :func:`check_hyper_parameter`."""
+    name = key.rsplit(".", 1)[-1]
+    if name not in params:
+        check_hyper_parameter(key, owner, params, None)  # raises: unknown hyper-parameter
+    kind, _, optional = _parameter_type(params[name])
+    stripped = text.strip()
+    value: Any = text
+    if optional and stripped == "None":
+        value = None
+    elif kind is bool:
+        value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(stripped.lower(),
+                                                                                                   text)
+    elif kind is int:
+        try:
+            value = int(stripped)
+        except ValueError:
+            pass
+    elif kind is float:
+        try:
+            value = float(stripped)
+        except ValueError:
+            pass
+    elif kind is tuple or kind is None:
+        try:
+            value = ast.literal_eval(stripped)
+        except (ValueError, SyntaxError):
+            value = text
+        if kind is tuple and not isinstance(value, (tuple, list)):
+            value = (value,) if not isinstance(value, str) else text
+        value = tuple(value) if isinstance(value, list) else value
+    check_hyper_parameter(key, owner, params, value)
+    return value
+
+
+def _kwargs_sections(cfg: ml_collections.ConfigDict) -> list[str]:
+    """The sections whose ``kwargs`` hold hyper-parameters: ``loss``, ``loss.miner`` (with a miner) and each
+    ``loss.extra_terms.<term>``."""
+    sections = ["loss"] + (["loss.miner"] if cfg.loss.miner.name or len(cfg.loss.miner.kwargs) else [])
+    return sections + [f"loss.extra_terms.{term}" for term in cfg.loss.extra_terms]
+
+
+def _check_loss_terms(cfg: ml_collections.ConfigDict) -> None:
+    """Extra terms' structure, every term's and the miner's hyper-parameters (names, types and what the function
+    itself rejects), and the objective's own rules (e.g. no cross-batch memory for n-pairs)."""
+    for term, spec in cfg.loss.extra_terms.items():
+        where = f"loss.extra_terms.{term}"
+        if not _is_mapping(spec) or "name" not in spec or set(spec) - {"name", "kwargs", "weight"}:
+            got = sorted(spec) if _is_mapping(spec) else _show(spec)
+            raise ConfigError(f"{where} must be a dict with keys name, kwargs (optional) and weight (optional); "
+                              f"got {got}. E.g. {where} = dict(name='contrastive', kwargs={{}}, weight=0.1).")
+        _check_choice(f"{where}.name", spec["name"], LOSSES)
+        if not _is_mapping(spec.get("kwargs", {})):
+            raise ConfigError(f"{where}.kwargs={_show(spec['kwargs'])} must be a dict of hyper-parameters of "
+                              f"loss {spec['name']!r}.")
+        NON_NEGATIVE.check(f"{where}.weight", spec.get("weight", 1.0), 1.0)
+    probes = []
+    for section in _kwargs_sections(cfg):
+        owner, params = hyper_parameter_owner(cfg, section)
+        kwargs = dict(_get(cfg, section).get("kwargs", {}))
+        for name, value in kwargs.items():
+            check_hyper_parameter(f"{section}.kwargs.{name}", owner, params, value)
+        probes.append((section, owner, _get(cfg, section)["name"], kwargs))
+    try:
+        make_objective(cfg.loss, num_classes=2, embedding_dim=cfg.model.embedding_dim,
+                       batch_size=cfg.train.batch_size)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    for section, owner, name, kwargs in probes:
+        if kwargs:
+            _probe(section, owner, name, kwargs)
+
+
+def _probe(section: str, owner: str, name: str, kwargs: dict[str, Any]) -> None:
+    """Traces the loss or miner on a 4-item batch (shapes only, nothing is computed) so that it rejects values of
+    its hyper-parameters it cannot use (e.g. an unknown ``distance``) now rather than in the first train step."""
+
+    def run() -> None:
+        embeddings, labels = jnp.ones((4, 8), jnp.float32), jnp.array([0, 0, 1, 1])
+        if section == "loss.miner":
+            MINERS[name](embeddings, labels, None, None, pair_mask=None, **kwargs)
+            return
+        spec = LOSSES[name]
+        params = spec.init(jax.random.key(0), 2, 8, **kwargs) if spec.init is not None else {}
+        if spec.kind == "proxy":
+            spec.fn(embeddings, labels, params, **kwargs)
+        else:
+            spec.fn(embeddings, labels, None, None, pair_mask=None, **{**kwargs, **params})
+
+    try:
+        jax.eval_shape(run)
+    except (ValueError, TypeError) as error:
+        text = " ".join(str(error).split())
+        raise ConfigError(f"{section}.kwargs={_show_dict(kwargs)}: {owner} rejects them: {text}") from None
+
+
+def _show_dict(kwargs: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}={_show(v)}" for k, v in kwargs.items()) + "}"
+
+
+# --------------------------------------------------------------------------------------------------- cross-key
+
+@dataclasses.dataclass(frozen=True)
+class Broken:
+    """A rule between keys that a config breaks: the key to change, its value, the rule, a value that keeps it."""
+
+    key: str
+    value: Any
+    requirement: str
+    suggestion: Any
+
+    def message(self) -> str:
+        return _message(self.key, self.value, self.requirement, self.suggestion)
+
+
+def _whole_groups(cfg: ml_collections.ConfigDict) -> Broken | None:
+    d, b = cfg.data, cfg.train.batch_size
+    if d.sampler not in GROUPED_SAMPLERS:
+        return None
+    group = d.samples_per_class * (d.super_classes_per_batch if d.sampler == "hierarchical" else 1)
+    what = (f"data.super_classes_per_batch * data.samples_per_class = {group}" if d.sampler == "hierarchical"
+            else f"data.samples_per_class={d.samples_per_class}")
+    if b % group == 0:
+        return None
+    return Broken("train.batch_size", b, f"is not a multiple of {what}", max(1, b // group) * group)
+
+
+def _eval_crop_fits(cfg: ml_collections.ConfigDict) -> Broken | None:
+    d = cfg.data
+    return None if d.resize_size >= d.image_size else Broken(
+        "data.resize_size", d.resize_size, f"must be >= data.image_size={d.image_size} (evaluation resizes, then "
+        f"centre-crops)", d.image_size)
+
+
+def _gsp_memory_holds_prototypes(cfg: ml_collections.ConfigDict) -> Broken | None:
+    g = cfg.model.gsp
+    if cfg.model.pooling != "gsp" or g.prototypes_file or not 0 < g.memory_size < g.num_prototypes:
+        return None
+    return Broken("model.gsp.memory_size", g.memory_size, f"must be >= model.gsp.num_prototypes={g.num_prototypes} "
+                  f"(the prototypes are picked from the memory), or 0", g.num_prototypes)
+
+
+def _zsr_needs_gsp(cfg: ml_collections.ConfigDict) -> Broken | None:
+    w = cfg.loss.zsr.weight
+    return None if w == 0 or cfg.model.pooling == "gsp" else Broken(
+        "loss.zsr.weight", w, f"needs model.pooling='gsp' (the ZSR loss reads GSP's attributes), not "
+        f"{cfg.model.pooling!r}", 0.0)
+
+
+def _pretrained_needs_weights(cfg: ml_collections.ConfigDict) -> Broken | None:
+    m = cfg.model
+    return None if not (m.pretrained and m.backbone == "small_cnn") else Broken(
+        "model.pretrained", m.pretrained, "is set, but small_cnn has no pretrained weights (set model.backbone to "
+        "one of resnet18/34/50/101 or bninception)", None)
+
+
+def _boundaries_within_training(cfg: ml_collections.ConfigDict) -> Broken | None:
+    o, steps = cfg.optim, cfg.train.num_steps
+    if all(o.warmup_steps < b < steps for b in o.step_boundaries):
+        return None
+    return Broken("optim.step_boundaries", o.step_boundaries, f"must lie within (optim.warmup_steps="
+                  f"{o.warmup_steps}, train.num_steps={steps})",
+                  tuple(b for b in o.step_boundaries if o.warmup_steps < b < steps))
+
+
+# Rules between keys, checked once every key has a valid value of its own.
+CROSS_KEY_RULES: tuple[Callable[[ml_collections.ConfigDict], Broken | None], ...] = (
+    _whole_groups, _eval_crop_fits, _gsp_memory_holds_prototypes, _zsr_needs_gsp, _pretrained_needs_weights,
+    _boundaries_within_training)
+
+
+def _agreeing(cfg: ml_collections.ConfigDict, key: str, suggestion: Any) -> Any:
+    """``suggestion`` for ``key``, or what the rules between keys suggest instead if they refuse it (e.g.
+    ``train.batch_size=1`` with 4 samples per class -> 4)."""
+    try:
+        trial = copy.deepcopy(cfg)
+        *parents, leaf = key.split(".")
+        node = _get(trial, ".".join(parents)) if parents else trial
+        with trial.unlocked():
+            node[leaf] = suggestion
+        for rule in CROSS_KEY_RULES:
+            broken = rule(trial)
+            if broken is not None and broken.key == key:
+                return broken.suggestion
+    except Exception:  # other keys may be invalid too: keep the key's own suggestion
+        pass
+    return suggestion
+
+
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Raises :class:`ConfigError` for unknown keys or values outside their allowed set; returns ``cfg``.
+    """Raises :class:`ConfigError` (one line: the key, the bad value, the rule, a valid value) for unknown keys,
+    values of the wrong type, outside their range (``RULES``) or allowed set (``CHOICES``), loss and miner
+    hyper-parameters their function does not take, and broken rules between keys; returns ``cfg``.
 
     ``trainer``, ``distill.method`` and the procedure-specific rules are checked by the trainers
     (:func:`jaxdml.trainers.resolve_config`), which also fill in ``eval.evaluator`` and ``eval.selection_metric``.
     """
-    valid = _flatten(default_config())
+    defaults = _flatten(default_config())
     bad = unknown_keys(cfg)
     if bad:
-        msgs = [f"unknown config key '{k}'.{suggest(k, valid)}" for k in bad]
+        msgs = [f"unknown config key '{k}'.{suggest(k, defaults)}" for k in bad]
         raise ConfigError("; ".join(msgs) + " Valid keys are listed in jaxdml/config.py (default_config).")
+    values = _flatten(cfg)
+    for key, default in defaults.items():
+        if key not in values:
+            raise ConfigError(f"config key '{key}' is missing; start experiment files from "
+                              f"jaxdml.config.default_config().")
+        if isinstance(default, ml_collections.ConfigDict):  # kwargs, extra_terms
+            if not _is_mapping(values[key]):
+                raise ConfigError(f"{key}={_show(values[key])} must be a dict; e.g. {key}={{}}.")
+            continue
+        problem = rule_of(key, default).problem(values[key], default)
+        if problem is not None:
+            requirement, suggestion = problem
+            raise ConfigError(_message(key, values[key], requirement, _agreeing(cfg, key, suggestion)))
     for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
-        if key == "eval.evaluator" and not value:
+        value = values[key]
+        if key in OPTIONAL_CHOICES and not value:
             continue
         _check_choice(key, value, allowed)
-    if cfg.loss.miner.name:
-        _check_choice("loss.miner.name", cfg.loss.miner.name, MINERS)
     if cfg.eval.evaluator and cfg.eval.selection_metric:
         _check_choice("eval.selection_metric", cfg.eval.selection_metric,
                       EVALUATORS[cfg.eval.evaluator].metric_names(cfg.eval))
-    if cfg.data.sampler in GROUPED_SAMPLERS and cfg.train.batch_size % cfg.data.samples_per_class:
-        raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} is not a multiple of "
-            f"data.samples_per_class={cfg.data.samples_per_class}; choose e.g. "
-            f"train.batch_size={cfg.train.batch_size // cfg.data.samples_per_class * cfg.data.samples_per_class}.")
-    if cfg.model.pretrained and cfg.model.backbone == "small_cnn":
-        raise ConfigError("model.pretrained is set, but small_cnn has no pretrained weights; set model.backbone to "
-                          "one of resnet18/34/50/101 or bninception.")
-    if not 0.0 <= cfg.data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in [0, 1).")
-    if cfg.train.patience < 0:
-        raise ConfigError(f"train.patience={cfg.train.patience} must be >= 0 (0 = no early stopping).")
+    for rule in CROSS_KEY_RULES:
+        broken = rule(cfg)
+        if broken is not None:
+            raise ConfigError(broken.message())
+    _check_loss_terms(cfg)
     return cfg
 
 

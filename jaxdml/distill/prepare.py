@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from absl import app
 
-from jaxdml.cli import CONFIG, WORKDIR, parse_flags, run_user_errors
+from jaxdml.cli import WORKDIR, config_from_flags, parse_flags, run_user_errors
 from jaxdml.config import validate
 from jaxdml.errors import ConfigError
 
@@ -40,7 +40,7 @@ def prepare(cfg, workdir: Path) -> dict[str, np.ndarray]:
 def main(argv: list[str]) -> None:
     del argv
     start = time.perf_counter()
-    out = run_user_errors(lambda: prepare(CONFIG.value, Path(WORKDIR.value)))
+    out = run_user_errors(lambda: prepare(config_from_flags(), Path(WORKDIR.value)))
     sizes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in out.items())
     print(f"artefacts in {Path(WORKDIR.value) / 'artefacts'} ({time.perf_counter() - start:.1f} s): {sizes}")
 

@@ -65,9 +65,26 @@ def loss_spec(name: str) -> LossSpec:
     return LOSSES[name]
 
 
+def hyper_parameters(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    """The hyper-parameters of a loss or miner function: its keyword-only parameters, less the framework's."""
+    return {p.name: p for p in inspect.signature(fn).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.name not in _RESERVED}
+
+
+def loss_hyper_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The hyper-parameters ``config.loss.kwargs`` may set for loss ``name`` (with their defaults)."""
+    return hyper_parameters(loss_spec(name).fn)
+
+
+def miner_hyper_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The hyper-parameters ``config.loss.miner.kwargs`` may set for miner ``name`` (with their defaults)."""
+    if name not in MINERS:
+        raise _unknown("miner", name, MINERS)
+    return hyper_parameters(MINERS[name])
+
+
 def _check(fn: Callable[..., Any], owner: str, kwargs: dict[str, Any], exclude: set[str]) -> dict[str, Any]:
-    accepted = [p.name for p in inspect.signature(fn).parameters.values()
-                if p.kind is p.KEYWORD_ONLY and p.name not in _RESERVED | exclude]
+    accepted = [name for name in hyper_parameters(fn) if name not in exclude]
     for key in kwargs:
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=3)
