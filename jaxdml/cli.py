@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import re
 import sys
 from collections.abc import Callable
@@ -191,10 +192,25 @@ def config_from_flags() -> ml_collections.ConfigDict:
     return copy.deepcopy(CONFIG.value)
 
 
+# Operating-system errors a user fixes (space, permissions, a read-only file system): one line, not a traceback.
+_USER_OS_ERRORS = {errno.ENOSPC: "no space left on the device; free some space and rerun the same command to resume",
+                   errno.EDQUOT: "disk quota exceeded; free some space and rerun the same command to resume",
+                   errno.EACCES: "permission denied; choose a --workdir you can write to",
+                   errno.EPERM: "operation not permitted; choose a --workdir you can write to",
+                   errno.EROFS: "read-only file system; choose a writable --workdir"}
+
+
 def run_user_errors(fn: Callable[[], Any]) -> Any:
-    """Runs ``fn``; a :class:`~jaxdml.errors.UserError` is printed as one line and exits with status 1."""
+    """Runs ``fn``; a :class:`~jaxdml.errors.UserError` (or a full disk, a permission error) is printed as one line
+    and exits with status 1."""
     try:
         return fn()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as error:
+        if error.errno not in _USER_OS_ERRORS:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {_USER_OS_ERRORS[error.errno]}{where}.", file=sys.stderr)
         sys.exit(1)

@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxdml.cli import CONFIG, WORKDIR, parse_flags, run_user_errors
+from jaxdml.cli import WORKDIR, config_from_flags, parse_flags, run_user_errors
 
 EXTEND_STEPS = flags.DEFINE_bool("extend_steps", False, "Allow a larger train.num_steps than the run in --workdir "
                                  "was started with: the same run, trained on.")
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     resume = Resume(extend_steps=EXTEND_STEPS.value, fork_from=FORK_FROM.value)
     try:
-        run_user_errors(lambda: train_and_evaluate(CONFIG.value, WORKDIR.value, resume=resume))
+        run_user_errors(lambda: train_and_evaluate(config_from_flags(), WORKDIR.value, resume=resume))
     except Interrupted as stop:
         print(str(stop), file=sys.stderr)
         sys.exit(128 + stop.signum)

@@ -37,11 +37,13 @@ log = logging.getLogger(__name__)
 
 # Headroom over the newest checkpoint's size: metadata, and a state that grew a little.
 _SPACE_MARGIN = 1.1
-_SPACE_SLACK = 16 << 20
+_SPACE_SLACK = 1 << 20
 
 
-class DiskFullError(UserError, OSError):
+class DiskFullError(UserError):
     """Not enough free space for the next checkpoint; the earlier ones are intact."""
+
+    errno = errno.ENOSPC
 
 
 class CheckpointMismatchError(UserError):
@@ -85,6 +87,13 @@ def _is_disk_full(error: BaseException) -> bool:
     return False
 
 
+def _brief(error: BaseException, limit: int = 240) -> str:
+    """The first line of an error's message, cut to ``limit`` characters (tensorstore's carry whole specs)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = text.split(" [tensorstore_spec")[0]
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -113,7 +122,7 @@ class Checkpointer:
         intact = f"checkpoints up to step {saved[-1]} are intact" if saved else "no checkpoint was saved"
         what = f"checkpoint step {step}" if step is not None else "a checkpoint"
         need = f"about {needed / 2**20:.0f} MiB needed, " if needed else ""
-        return DiskFullError(errno.ENOSPC, f"not enough disk space in {self.directory} for {what}: {need}"
+        return DiskFullError(f"not enough disk space in {self.directory} for {what}: {need}"
                              f"{shutil.disk_usage(self.directory).free / 2**20:.0f} MiB free; {intact}. Free some "
                              f"space (or lower train.keep_checkpoints) and rerun the same command to resume.")
 
@@ -162,7 +171,8 @@ class Checkpointer:
             except CorruptCheckpointError as error:
                 self._set_aside(step, "corrupt", f"is damaged ({error})")
             except Exception as error:
-                self._set_aside(step, "unreadable", f"is incomplete or corrupt ({type(error).__name__}: {error})")
+                self._set_aside(step, "unreadable", f"is incomplete or corrupt ({type(error).__name__}: "
+                                                    f"{_brief(error)})")
         return None
 
     def _set_aside(self, step: int, suffix: str, why: str) -> None:
