@@ -12,7 +12,7 @@ import pytest
 from jaxdml.config import ConfigError, load_config_file, validate
 from jaxdml.distill.prepare import prepare
 from jaxdml.models.convert import ConversionError
-from jaxdml.trainers import create_trainer, resolve_config, train_and_evaluate
+from jaxdml.trainers import Resume, create_trainer, resolve_config, train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = REPO / "experiments" / "kd_digits_teacher.py"
@@ -133,9 +133,10 @@ def test_an_interrupted_classification_run_resumes_exactly(tmp_path):
     straight.optim.schedule = "constant"
     train_and_evaluate(straight, tmp_path / "straight")
     half = tiny(load_config_file(f"{STUDENT}:none"), steps=2)
-    half.optim.schedule = "constant"
+    half.optim.schedule, half.train.eval_every = "constant", 4  # the same run, stopped at step 2
     train_and_evaluate(half, tmp_path / "resumed")
-    train_and_evaluate(straight, tmp_path / "resumed")  # the same command again, now with 4 steps: resumes at 2
+    # The same run trained on to 4 steps: resumes at 2.
+    train_and_evaluate(straight, tmp_path / "resumed", resume=Resume(extend_steps=True))
 
     def state(workdir):
         trainer = create_trainer(straight, workdir)

@@ -11,7 +11,7 @@ from train_helpers import REPO
 
 from jaxdml.config import load_config_file
 from jaxdml.train.writers import read_metrics
-from jaxdml.trainers import create_trainer, train_and_evaluate
+from jaxdml.trainers import Resume, create_trainer, train_and_evaluate
 
 GSP_CARS = REPO / "experiments" / "gsp_cars.py"
 
@@ -74,7 +74,7 @@ def test_resuming_restores_gsp_xbm_and_zsr_state_exactly(tmp_path):
     train_and_evaluate(straight, tmp_path / "straight")
     first_half = configure(collage, {**overrides, "train.num_steps": 3})
     train_and_evaluate(first_half, tmp_path / "resumed")
-    train_and_evaluate(configure(collage, overrides), tmp_path / "resumed")
+    train_and_evaluate(configure(collage, overrides), tmp_path / "resumed", resume=Resume(extend_steps=True))
     a, b = restored_state(straight, tmp_path / "straight"), restored_state(straight, tmp_path / "resumed")
     assert int(a.step) == int(b.step) == 6
     for part in ("params", "model_state", "loss_state", "opt_state"):
