@@ -48,13 +48,8 @@ def load_teacher(cfg: ml_collections.ConfigDict, num_classes: int) -> Teacher | 
     d = cfg.distill
     if not needs_teacher(d):
         return None
-    path = Path(d.teacher)
-    if (path / EXPORT_DIR).is_dir():  # a jaxdml classification workdir
-        path = path / EXPORT_DIR
-    elif (path / "checkpoints").is_dir():
-        raise ConversionError(f"distill.teacher = {d.teacher!r} is a jaxdml workdir whose run has not finished "
-                              f"(no {EXPORT_DIR}/); rerun its command to complete it")
-    raw = load_pretrained(path, d.teacher_arch)
+    raw = load_pretrained(teacher_source(d.teacher), d.teacher_arch, key="distill.teacher",
+                          arch_key="distill.teacher_arch")
     classes = int(raw["params"][classifier_name(d.teacher_arch)]["kernel"].shape[-1])
     if classes != num_classes:
         raise ConversionError(f"the teacher {d.teacher!r} classifies {classes} classes, the data has {num_classes}")
@@ -64,6 +59,47 @@ def load_teacher(cfg: ml_collections.ConfigDict, num_classes: int) -> Teacher | 
                      "batch_stats": expected["batch_stats"]["backbone"]}, d.teacher)
     variables = {"params": {"backbone": raw["params"]}, "batch_stats": {"backbone": raw["batch_stats"]}}
     return Teacher(model, jax.tree.map(jnp.asarray, variables))
+
+
+TEACHER_KINDS = (f"a teacher is a converted directory (python -m jaxdml.models.convert), a PyTorch .pth of the KD "
+                 f"code base, or the workdir of a finished jaxdml classification run (trainer='distillation', e.g. "
+                 f"experiments/kd_digits_teacher.py), which exports <workdir>/{EXPORT_DIR} when it finishes")
+
+
+def teacher_source(teacher: str) -> Path:
+    """What ``distill.teacher`` points at, to load: the export of a jaxdml workdir, else the path itself.
+
+    Raises :class:`ConversionError` naming ``distill.teacher`` when it does not exist, is an unfinished run or
+    is the workdir of a run that trains no classifier (a retrieval run: it has no export to load)."""
+    path = Path(teacher)
+    if not path.exists():
+        raise ConversionError(f"distill.teacher = {teacher!r} does not exist; {TEACHER_KINDS}.")
+    if not path.is_dir():
+        return path
+    if (path / EXPORT_DIR).is_dir():  # a finished jaxdml classification workdir
+        return path / EXPORT_DIR
+    trainer = _workdir_trainer(path)
+    if trainer not in (None, "distillation") or (trainer is None and (path / "summary.json").is_file()):
+        ran = f"trainer={trainer!r}" if trainer else f"summary.json but no {EXPORT_DIR}/"
+        trains = "an embedding" if trainer in (None, "metric_learning") else "no classifier"
+        raise ConversionError(f"distill.teacher = {teacher!r} is the workdir of a finished run ({ran}) that trains "
+                              f"{trains}, not a classifier, so it cannot be a teacher: a teacher must be a "
+                              f"classification run (trainer='distillation', e.g. experiments/kd_digits_teacher.py), "
+                              f"which exports <workdir>/{EXPORT_DIR} when it finishes; or a converted directory or a "
+                              f".pth.")
+    if trainer is not None or (path / "checkpoints").is_dir():
+        raise ConversionError(f"distill.teacher = {teacher!r} is a jaxdml workdir whose run has not finished "
+                              f"(no {EXPORT_DIR}/); rerun its command to complete it")
+    return path  # a converted directory (load_pretrained says what is missing if it is not one)
+
+
+def _workdir_trainer(path: Path) -> str | None:
+    """The ``trainer`` of a jaxdml workdir's config.json; None when it has none (or no readable config.json)."""
+    try:
+        trainer = json.loads((path / "config.json").read_text()).get("trainer")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return trainer if isinstance(trainer, str) and trainer else None
 
 
 def sample_images(cfg: ml_collections.ConfigDict) -> jnp.ndarray:

@@ -45,7 +45,8 @@ _RANK_BLOCK_ENTRIES = 1 << 25  # Recall@K pass: at most this many distances (128
 
 
 def _as_embeddings(x: Any, name: str) -> np.ndarray:
-    """``x`` as a float32 (n, d) numpy array (no copy if it is one), with clear errors for bad input."""
+    """``x`` as a float32 (n, d) numpy array (no copy if it is one; bfloat16/float16 are upcast), with clear
+    errors for bad input."""
     if x is None:
         raise ValueError(f"{name} is None")
     x = np.asarray(x)
@@ -55,7 +56,8 @@ def _as_embeddings(x: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} is empty (0 rows)")
     if x.shape[1] == 0:
         raise ValueError(f"{name} has embedding dimension 0")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    # jnp.issubdtype knows the ml_dtypes floats (bfloat16, float8) that numpy's does not; all are upcast.
+    if not (jnp.issubdtype(x.dtype, jnp.floating) or np.issubdtype(x.dtype, np.integer)):
         raise TypeError(f"{name} must have a real numeric dtype, got {x.dtype}")
     x = x.astype(np.float32, copy=False)
     bad = ~np.isfinite(x)

@@ -204,24 +204,26 @@ def save_converted(variables: dict[str, Any], out_dir: str | Path, metadata: dic
     return target
 
 
-def load_pretrained(path: str | Path, arch: str) -> dict[str, Any]:
-    """``{"params", "batch_stats"}`` of backbone ``arch`` from a converted directory or a checkpoint file."""
+def load_pretrained(path: str | Path, arch: str, *, key: str = "model.pretrained",
+                    arch_key: str = "model.backbone") -> dict[str, Any]:
+    """``{"params", "batch_stats"}`` of backbone ``arch`` from a converted directory or a checkpoint file;
+    errors name the config keys ``key`` (the path) and ``arch_key`` (the architecture)."""
     path = Path(path)
     if path.is_dir():
         meta_file = path / METADATA_FILE
         if not meta_file.is_file():
-            raise ConversionError(f"{str(path)!r} is not a converted backbone (no {METADATA_FILE}); make one with "
-                                    f"`python -m jaxdml.models.convert --arch {arch} --src CHECKPOINT --out {path}`")
+            raise ConversionError(f"{key} = {str(path)!r} is not a converted backbone (no {METADATA_FILE}); make one "
+                                  f"with `python -m jaxdml.models.convert --arch {arch} --src CHECKPOINT --out {path}`")
         meta = json.loads(meta_file.read_text())
         if meta["arch"] != arch:
-            raise ConversionError(f"{str(path)!r} holds a {meta['arch']} backbone, but model.backbone = {arch!r}")
+            raise ConversionError(f"{key} = {str(path)!r} holds a {meta['arch']} backbone, but {arch_key} = {arch!r}")
         import orbax.checkpoint as ocp
 
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(path.absolute() / "variables")
         return jax.tree.map(np.asarray, restored)
     if not path.exists():
-        raise ConversionError(f"model.pretrained = {str(path)!r} does not exist; convert a PyTorch checkpoint with "
+        raise ConversionError(f"{key} = {str(path)!r} does not exist; convert a PyTorch checkpoint with "
                               f"`python -m jaxdml.models.convert --arch {arch} --src FILE.pth --out DIR`")
     try:
         state_dict = read_checkpoint(path)
