@@ -364,7 +364,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None) -> DataSplits:
     Raises DatasetNotPreparedError (with the preparing command) when the data is not in ``data_dir``.
     """
     if name not in SPECS:
-        raise ValueError(f"unknown dataset {name!r}; supported: {', '.join(SPECS)}")
+        raise ValueError(f"unknown dataset {name!r}; downloadable: {', '.join(SPECS)} (data.name also accepts the "
+                         f"embedded digit_pairs, digit_collage and digit_numbers: jaxdml.data.datasets.DATASETS)")
     spec = SPECS[name]
     if spec.classification:
         classes = np.arange(spec.num_classes)

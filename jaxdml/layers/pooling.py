@@ -34,7 +34,8 @@ POOLINGS = {"gap": global_average_pool, "gmp": global_max_pool, "gap+gmp": gap_p
 
 def pool(features: jnp.ndarray, kind: str) -> jnp.ndarray:
     if kind not in POOLINGS:
-        raise ValueError(f"unknown pooling {kind!r}; choose one of {sorted(POOLINGS)}")
+        raise ValueError(f"unknown pooling {kind!r}; choose one of {sorted(POOLINGS)} (model.pooling also accepts "
+                         f"'gsp', the Generalized Sum Pooling head)")
     return POOLINGS[kind](features)
 
 
