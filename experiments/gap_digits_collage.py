@@ -2,9 +2,9 @@
 
     python -m jaxdml.main --config experiments/gap_digits_collage.py --workdir runs/gap_digits_collage
 
-Expected on 2 CPU cores: about 2 minutes (400 steps). Test classes (720 images, 24 numbers), seeds 0 / 1 / 2:
-    GAP  R@1 85.83 / 92.92 / 86.39 = 88.38 +- 3.94   MAP@R 57.33 / 67.90 / 59.26 = 61.50 +- 5.63
-    GSP  R@1 91.71 +- 1.42, MAP@R 69.71 +- 5.71 (gsp_digits_collage.py)
+Expected on a busy 2-core CPU: 3-6 minutes (400 steps). Test classes (720 images, 24 numbers), seeds 0/1/2:
+    GAP  R@1 89.17 / 91.39 / 82.22 = 87.59 +- 4.78   MAP@R 58.76 / 63.04 / 55.65 = 59.15 +- 3.72
+    GSP  R@1 91.06 +- 2.97, MAP@R 67.29 +- 4.67 (gsp_digits_collage.py; measured at commit 1dab99a)
 """
 
 import importlib.util

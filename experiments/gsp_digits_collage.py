@@ -8,10 +8,11 @@ contrastive loss + 0.1 ZSR (the released recipe's weighting).
 
     python -m jaxdml.main --config experiments/gsp_digits_collage.py --workdir runs/gsp_digits_collage
 
-Expected on 2 CPU cores: about 2.5 minutes (400 steps). Test classes (720 images, 24 numbers), seeds 0 / 1 / 2:
-    GSP  R@1 91.11 / 93.33 / 90.69 = 91.71 +- 1.42   MAP@R 66.30 / 76.29 / 66.53 = 69.71 +- 5.71
-    GAP  R@1 85.83 / 92.92 / 86.39 = 88.38 +- 3.94   MAP@R 57.33 / 67.90 / 59.26 = 61.50 +- 5.63  (twin)
-(untrained: R@1 6.4, MAP@R 1.1). GSP is ahead on every seed; the notebook notebooks/transport_plans.ipynb
+Expected on a busy 2-core CPU: 4-5 minutes (400 steps). Test classes (720 images, 24 numbers), seeds 0/1/2:
+    GSP  R@1 87.64 / 92.92 / 92.64 = 91.06 +- 2.97   MAP@R 62.17 / 68.42 / 71.29 = 67.29 +- 4.67
+    GAP  R@1 89.17 / 91.39 / 82.22 = 87.59 +- 4.78   MAP@R 58.76 / 63.04 / 55.65 = 59.15 +- 3.72  (twin)
+(untrained: R@1 6.3, MAP@R 1.1; benchmarks/embedded_results.py --only collage at commit 1dab99a). GSP is
+ahead on every seed; the notebook notebooks/transport_plans.ipynb
 shows where its transported mass goes.
 """
 
