@@ -24,7 +24,15 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from jaxdml.config import RULES, Number, check_overrides, hyper_parameter_owner, load_config_file, parse_hyper_parameter
+from jaxdml.config import (
+    RULES,
+    Number,
+    check_overrides,
+    has_key,
+    hyper_parameter_owner,
+    load_config_file,
+    parse_hyper_parameter,
+)
 from jaxdml.errors import ConfigError, UserError
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file (experiments/*.py[:arg]).",
@@ -54,15 +62,6 @@ def _config_path(argv: list[str]) -> str | None:
     return path
 
 
-def _exists(cfg: ml_collections.ConfigDict, dotted: str) -> bool:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
 def _set_aside_hyper_parameters(experiment: ml_collections.ConfigDict, argv: list[str]) -> list[str]:
     """``argv`` without the hyper-parameter flags whose key ``experiment`` lacks (recorded in ``_PARSED``)."""
     kept: list[str] = []
@@ -74,7 +73,7 @@ def _set_aside_hyper_parameters(experiment: ml_collections.ConfigDict, argv: lis
             continue
         section, name, text = match.groups()
         _PARSED.given.add((section, name))
-        if _exists(experiment, f"{section}.kwargs.{name}") or not _exists(experiment, section):
+        if has_key(experiment, f"{section}.kwargs.{name}") or not has_key(experiment, section):
             kept.append(arg)  # absl sets keys the experiment has; check_overrides names a missing section
             continue
         if text is None:  # --config.loss.kwargs.k v
@@ -92,7 +91,7 @@ def _check_override_types(experiment: ml_collections.ConfigDict, argv: list[str]
         if not arg.startswith("--config.") or "=" not in arg:
             continue
         key, text = arg[len("--config."):].split("=", 1)
-        if not _exists(experiment, key):
+        if not has_key(experiment, key):
             continue
         current = _node(experiment, key)
         if isinstance(current, bool) or not isinstance(current, (int, float)):
@@ -139,7 +138,7 @@ def _drop_replaced(cfg: ml_collections.ConfigDict, section: str) -> str | None:
     """If the command line changed the loss (or miner) of ``section``, the experiment's hyper-parameters were
     written for the one it replaced: they are not carried over (those given as flags are); returns a note."""
     experiment = _PARSED.experiment
-    if experiment is None or not _exists(experiment, f"{section}.name"):
+    if experiment is None or not has_key(experiment, f"{section}.name"):
         return None
     node = _node(cfg, section)
     before, after = _node(experiment, section)["name"], node["name"]

@@ -46,7 +46,7 @@ from jaxdml.models.cifar import CIFAR_NETWORKS
 from jaxdml.models.model import COMPUTE_DTYPES, POOLING_NAMES
 from jaxdml.train.optim import OPTIMIZERS, SCHEDULES
 
-__all__ = ["CHOICES", "RULES", "ConfigError", "check_hyper_parameter", "check_overrides", "default_config",
+__all__ = ["CHOICES", "RULES", "ConfigError", "check_hyper_parameter", "check_overrides", "default_config", "has_key",
            "hyper_parameter_owner", "load_config_file", "load_sibling", "parse_hyper_parameter", "rule_of", "suggest",
            "unknown_keys", "validate"]
 
@@ -808,11 +808,12 @@ def check_overrides(cfg: ml_collections.ConfigDict, argv: Sequence[str], flag: s
         if not arg.startswith(prefix):
             continue
         key = arg[len(prefix):].split("=", 1)[0]
-        if not _exists(cfg, key):
+        if not has_key(cfg, key):
             raise ConfigError(f"unknown config key '{key}' in {arg.split('=', 1)[0]}.{suggest(key, valid)}")
 
 
-def _exists(cfg: ml_collections.ConfigDict, dotted: str) -> bool:
+def has_key(cfg: ml_collections.ConfigDict, dotted: str) -> bool:
+    """Whether ``cfg`` has the dotted key ``a.b.c``."""
     node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
