@@ -24,6 +24,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from jaxdml import distributed
 from jaxdml.config import (
     RULES,
     Number,
@@ -38,6 +39,14 @@ from jaxdml.errors import ConfigError, UserError
 CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file (experiments/*.py[:arg]).",
                                          lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs (resumes).")
+DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", list(distributed.MODES),
+                                "Join a multi-process job through jax.distributed: auto = when the environment is one "
+                                "(SLURM, Open MPI, Cloud TPU), on = always (JAX detects the cluster), off = never.")
+COORDINATOR_ADDRESS = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for launchers JAX "
+                                          "does not detect (with --num_processes and --process_id).")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the job.", lower_bound=1)
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's number, 0 .. num_processes - 1.",
+                                  lower_bound=0)
 
 # A hyper-parameter flag: --config.<section>.kwargs.<name>[=value], section loss | loss.miner | loss.extra_terms.<t>.
 _KWARGS_FLAG = re.compile(r"--config\.(loss|loss\.miner|loss\.extra_terms\.\w+)\.kwargs\.(\w+)(?:=(.*))?", re.DOTALL)
@@ -197,6 +206,15 @@ _USER_OS_ERRORS = {errno.ENOSPC: "no space left on the device; free some space a
                    errno.EACCES: "permission denied; choose a --workdir you can write to",
                    errno.EPERM: "operation not permitted; choose a --workdir you can write to",
                    errno.EROFS: "read-only file system; choose a writable --workdir"}
+
+
+def initialize_distributed() -> None:
+    """Joins the multi-process job the flags or the environment describe (:mod:`jaxdml.distributed`); call it
+    first. Inconsistent flags are a :class:`~jaxdml.errors.UserError`."""
+    try:
+        distributed.initialize(DISTRIBUTED.value, COORDINATOR_ADDRESS.value, NUM_PROCESSES.value, PROCESS_ID.value)
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def run_user_errors(fn: Callable[[], Any]) -> Any:

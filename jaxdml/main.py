@@ -12,6 +12,10 @@ starts a new run (in a new ``--workdir``) from another run's checkpoint with thi
 values, a run's identity, a dataset that is not prepared, a diverged loss, a corrupt image, unusable weights, the
 workdir, a full disk) are printed as one line without a traceback; the exit status is 1 for those, 2 for bad flags,
 and 128 + signal number after SIGINT/SIGTERM (the checkpoint is saved first).
+
+On many hosts every host runs the same command (see "Many hosts" in README.md): ``jax.distributed`` starts from
+the environment of a SLURM, Open MPI or Cloud TPU job, or from ``--coordinator_address``, ``--num_processes`` and
+``--process_id`` (``python -m jaxdml.launch`` sets them for several processes on one machine).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxdml.cli import WORKDIR, config_from_flags, parse_flags, run_user_errors
+from jaxdml.cli import WORKDIR, config_from_flags, initialize_distributed, parse_flags, run_user_errors
 
 EXTEND_STEPS = flags.DEFINE_bool("extend_steps", False, "Allow a larger train.num_steps than the run in --workdir "
                                  "was started with: the same run, trained on.")
@@ -30,6 +34,7 @@ FORK_FROM = flags.DEFINE_string("fork_from", None, "<workdir>[:<step>]: start a 
 
 def main(argv: list[str]) -> None:
     del argv
+    run_user_errors(initialize_distributed)  # before anything touches a device
     from jaxdml.train.loop import Interrupted
     from jaxdml.trainers import Resume, train_and_evaluate
 

@@ -64,8 +64,8 @@ def test_evaluation_batches_are_bit_identical_to_the_uncached_pipeline(tmp_path)
     source = VariedSource(corrupt=-1)
     cached = cache.cached(source, 256, tmp_path)
     for size, resize in ((224, 256), (227, 256)):
-        plain = pipeline.EvalBatches(source, 8, size, resize)
-        fast = pipeline.EvalBatches(cached, 8, size, resize)
+        plain = pipeline.EvalBatches(source=source, device_batch=8, image_size=size, resize_size=resize)
+        fast = pipeline.EvalBatches(source=cached, device_batch=8, image_size=size, resize_size=resize)
         for number in range(len(plain)):
             a, b = plain(number), fast(number)
             for key in a:

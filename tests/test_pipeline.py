@@ -47,6 +47,39 @@ def test_batches_are_deterministic_and_resumable():
     assert not np.array_equal(full[0]["images"], full[1]["images"])
 
 
+@pytest.mark.parametrize("hosts", [2, 3])
+def test_hosts_build_disjoint_slices_of_the_same_global_batch(hosts):
+    train, _ = load_digit_pairs()
+    whole = make_train_batches(train)(5)
+    parts = [dataclasses.replace(make_train_batches(train), shard_index=i, shard_count=hosts)(5) for i in range(hosts)]
+    # Each image's augmentation depends on its place in the global batch, not on the host that builds it.
+    for key in ("images", "labels"):
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+    assert [len(p["labels"]) for p in parts] == [len(x) for x in np.array_split(np.arange(6), hosts)]
+    assert len({bytes(p["images"]) for p in parts}) == hosts
+
+
+def test_eval_batches_give_each_device_a_contiguous_part_and_each_host_its_devices_parts():
+    source = ArraySource("ten", np.arange(10, dtype=np.uint8)[:, None, None, None].repeat(8, 1).repeat(8, 2)
+                         .repeat(3, 3), np.arange(10) % 3)
+    settings = dict(source=source, device_batch=2, image_size=8, resize_size=8, devices=4)
+    whole = pipeline.EvalBatches(**settings, device_lo=0, device_hi=4)
+    assert whole.rows_per_device == 4 and len(whole) == 2  # ceil(10 / 4) = 3 rows, two batches of 2
+    np.testing.assert_array_equal(whole.rows(), np.arange(16))
+    host1 = pipeline.EvalBatches(**settings, device_lo=2, device_hi=4)
+    np.testing.assert_array_equal(host1.rows(), np.arange(8, 16))
+    # Batch 1 of host 1: rows 10-11 of device 2 (past the end: padding) and rows 14-15 of device 3.
+    first, second = host1(0), host1(1)
+    assert first["images"][:, 0, 0, 0].tolist() == [8, 9, 0, 0] and first["valid"].tolist() == [1, 1, 0, 0]
+    assert second["valid"].tolist() == [0, 0, 0, 0]
+    # The batches of all devices, laid out by device, give every record once, in order, each with its label.
+    rows = np.concatenate([np.stack([whole(b)["images"][:, 0, 0, 0].reshape(4, 2) for b in range(2)], 1)
+                           .reshape(-1)])
+    valid = np.concatenate([np.stack([whole(b)["valid"].reshape(4, 2) for b in range(2)], 1).reshape(-1)])
+    np.testing.assert_array_equal(rows[valid], np.arange(10))
+    np.testing.assert_array_equal(np.flatnonzero(valid), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+
+
 def test_worker_processes_give_the_same_batches():
     train, _ = load_digit_pairs()
     make = make_train_batches(train)
@@ -92,14 +125,14 @@ def test_corrupt_record_is_replaced_within_its_class_and_counted():
 
 def test_eval_batches_pad_and_skip():
     source = corrupt_source([2])
-    make = pipeline.EvalBatches(source, batch_size=5, image_size=8, resize_size=8, skip_corrupt=True)
+    make = pipeline.EvalBatches(source=source, device_batch=5, image_size=8, resize_size=8, skip_corrupt=True)
     assert len(make) == 2
     first, second = make(0), make(1)
     assert first["valid"].tolist() == [True, True, False, True, True]
     assert second["valid"].tolist() == [True, True, True, False, False]
     np.testing.assert_array_equal(second["labels"][:3], [1, 1, 1])
     with pytest.raises(CorruptRecordError):
-        pipeline.EvalBatches(source, 5, 8, 8, skip_corrupt=False)(0)
+        pipeline.EvalBatches(source=source, device_batch=5, image_size=8, resize_size=8)(0)
 
 
 @pytest.mark.parametrize("augment", ["pad_crop", "rotate", "none"])

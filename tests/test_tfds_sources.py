@@ -43,7 +43,7 @@ def test_supported_names():
     assert set(DATASETS) == {"caltech_birds2011", "cars196", "stanford_online_products", "inshop", "cifar10",
                              "cifar100", "tiny_imagenet"}
     assert all(isinstance(d, str) and d and "\n" not in d for d in DATASETS.values())
-    with pytest.raises(ValueError, match="unknown dataset .cub.; downloadable: caltech_birds2011"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'cub'; downloadable: caltech_birds2011"):
         load_dataset("cub", None)
 
 

@@ -94,47 +94,74 @@ class TrainBatches:
         return cls(source=source, sampler=sampler, seed=seed, **{**settings, **kwargs})
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        indices = np.array_split(self.sampler.batch_indices(int(step)), self.shard_count)[self.shard_index]
-        # One stream per (step, host) keeps augmentations a pure function of (seed, step, position).
-        rng = np.random.default_rng([self.seed, _AUGMENT, int(step), self.shard_index])
+        batch = self.sampler.batch_indices(int(step))
+        positions = np.array_split(np.arange(len(batch)), self.shard_count)[self.shard_index]
+        indices = batch[positions]
         images = np.empty((len(indices), self.image_size, self.image_size, 3), np.uint8)
         transform = AUGMENTATIONS[self.augment]
         skipped = 0
-        for slot, index in enumerate(indices):
+        for slot, (position, index) in enumerate(zip(positions, indices)):
             label = self.source.labels[index]
             image, n = _load(self.source, index, self.skip_corrupt, self.sampler.members[label])
             skipped += n
+            # One stream per image, keyed by its place in the global batch: the augmentation is the same whichever
+            # host builds it, so a run gives the same batches on any number of hosts.
+            rng = np.random.default_rng([self.seed, _AUGMENT, int(step), int(position)])
             images[slot] = transform(self, image, rng)
         return {"images": images, "labels": self.source.labels[indices].astype(np.int32),
                 "skipped": np.int32(skipped)}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalBatches:
-    """Callable ``batch number -> batch`` over a source in order; the last batch is padded (``valid``)."""
+    """Callable ``batch number -> this host's part of a global evaluation batch``, in the sharded layout.
+
+    The ``devices`` devices of the mesh split the source into contiguous parts of :attr:`rows_per_device` rows
+    (device ``j`` holds rows ``[j * S, (j + 1) * S)``, the last ones padded); global batch ``b`` gives every device
+    the next ``device_batch`` rows of its part. This host builds the rows of its devices ``[device_lo, device_hi)``
+    only, so it reads its own contiguous share of the source, and the outputs of all batches, kept on their
+    devices, form one array sharded by rows whose row ``i`` is record ``i``. Padding and records skipped as
+    corrupt have ``valid = False``.
+    """
 
     source: Source
-    batch_size: int
+    device_batch: int
     image_size: int
     resize_size: int
     skip_corrupt: bool = False
+    devices: int = 1
+    device_lo: int = 0
+    device_hi: int = 1
+
+    @property
+    def rows_per_device(self) -> int:
+        """Rows of the source per device (a whole number of batches; at least one)."""
+        per_device = max(1, math.ceil(len(self.source) / self.devices))
+        return math.ceil(per_device / self.device_batch) * self.device_batch
 
     def __len__(self) -> int:
-        return math.ceil(len(self.source) / self.batch_size)
+        return self.rows_per_device // self.device_batch
+
+    def rows(self) -> np.ndarray:
+        """The record numbers (padding included) of this host's devices, in the order the batches hold them."""
+        per = self.rows_per_device
+        return np.concatenate([np.arange(j * per, (j + 1) * per) for j in range(self.device_lo, self.device_hi)])
 
     def __call__(self, number: int) -> dict[str, np.ndarray]:
-        lo = int(number) * self.batch_size
-        hi = min(lo + self.batch_size, len(self.source))
-        images = np.zeros((self.batch_size, self.image_size, self.image_size, 3), np.uint8)
-        labels = np.full((self.batch_size,), -1, np.int32)
-        valid = np.zeros((self.batch_size,), bool)
-        for slot, index in enumerate(range(lo, hi)):
-            image, _ = _load(self.source, index, self.skip_corrupt, None)
-            if image is None:  # corrupt and skipped: left out of the evaluation
-                continue
-            images[slot] = transforms.eval_transform(image, resize_size=self.resize_size, size=self.image_size)
-            labels[slot] = self.source.labels[index]
-            valid[slot] = True
+        per, size = self.rows_per_device, self.device_batch
+        slots = (self.device_hi - self.device_lo) * size
+        images = np.zeros((slots, self.image_size, self.image_size, 3), np.uint8)
+        labels = np.full((slots,), -1, np.int32)
+        valid = np.zeros((slots,), bool)
+        for d, device in enumerate(range(self.device_lo, self.device_hi)):
+            lo = device * per + int(number) * size
+            for slot, index in enumerate(range(lo, min(lo + size, len(self.source))), start=d * size):
+                image, _ = _load(self.source, index, self.skip_corrupt, None)
+                if image is None:  # corrupt and skipped: left out of the evaluation
+                    continue
+                images[slot] = transforms.eval_transform(image, resize_size=self.resize_size, size=self.image_size)
+                labels[slot] = self.source.labels[index]
+                valid[slot] = True
         return {"images": images, "labels": labels, "valid": valid}
 
 

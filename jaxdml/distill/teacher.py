@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxdml import distributed
 from jaxdml.data import pipeline
 from jaxdml.data.sources import Source
 from jaxdml.distill import artefacts as art
@@ -126,7 +127,8 @@ def collect_teacher_features(cfg: ml_collections.ConfigDict, teacher: Teacher, s
     each location one row labelled by its image (the labels per block are returned next to the rows); at most
     about ``distill.letkd.max_points`` rows per block, sampled uniformly."""
     d = cfg.data
-    maker = pipeline.EvalBatches(source, cfg.eval.batch_size, d.image_size, d.resize_size, d.skip_corrupt)
+    maker = pipeline.EvalBatches(source=source, device_batch=cfg.eval.batch_size, image_size=d.image_size,
+                                  resize_size=d.resize_size, skip_corrupt=d.skip_corrupt)
 
     @jax.jit
     def forward(images):
@@ -185,6 +187,8 @@ def letkd_artefacts(cfg: ml_collections.ConfigDict, teacher: Teacher, train: Sou
         sub = art.subclass_centres(projected, labels[ld.teacher_block], num_classes, ld.subclasses, seed=cfg.seed)
         out.update(lda_scalings=lda.scalings, lda_mean=lda.mean, centres=sub.centres,
                    scores=art.score_matrix(projected, sub.assignment, sub.centres))
+    if not distributed.is_primary():  # every process computed the same artefacts; process 0 keeps them
+        return out
     directory.mkdir(parents=True, exist_ok=True)
     for name, value in out.items():
         np.save(directory / f"{name}.npy", value)

@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -26,25 +28,60 @@ log = logging.getLogger(__name__)
 Predict = Callable[[Any, jax.Array], jax.Array]  # (state, images) -> outputs (e.g. embeddings or logits)
 
 
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """A model output over a source, left on the devices: ``values`` is sharded by rows over the mesh (row ``i``
+    holds record ``i``; each device's part ends with padding), ``labels`` and ``valid`` are host arrays of the same
+    length, equal on every process (padding and corrupt records are not ``valid``)."""
+
+    values: jax.Array
+    labels: np.ndarray
+    valid: np.ndarray
+
+
+def _local_devices(mesh: Mesh) -> tuple[int, int]:
+    """``[lo, hi)``: the positions of this process's devices in the mesh (contiguous, see ``create_mesh``)."""
+    mine = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
+    if mine != list(range(mine[0], mine[-1] + 1)):
+        raise ValueError("the mesh must hold each process's devices next to each other (jaxdml.train.create_mesh)")
+    return mine[0], mine[-1] + 1
+
+
 def predict_source(predict: Predict, state: Any, source: Source, cfg: ml_collections.ConfigDict, mesh: Mesh
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """``predict`` over every image of ``source`` (evaluation transform, batches split over the devices):
-    (outputs, labels), corrupt records left out with a warning when ``data.skip_corrupt`` is set."""
+                   ) -> Outputs:
+    """``predict`` over every image of ``source`` (evaluation transform), each device taking a contiguous part of
+    the source and each process reading only its devices' parts (:class:`~jaxdml.data.pipeline.EvalBatches`); the
+    outputs stay sharded over the devices, in record order. Corrupt records are left out (``valid``) with a
+    warning when ``data.skip_corrupt`` is set."""
     d = cfg.data
     devices = mesh.devices.size
-    batch_size = -(-cfg.eval.batch_size // devices) * devices
+    lo, hi = _local_devices(mesh)
+    maker = pipeline.EvalBatches(source=source, device_batch=-(-cfg.eval.batch_size // devices),
+                                 image_size=d.image_size, resize_size=d.resize_size, skip_corrupt=d.skip_corrupt,
+                                 devices=devices, device_lo=lo, device_hi=hi)
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    maker = pipeline.EvalBatches(source, batch_size, d.image_size, d.resize_size, d.skip_corrupt)
-    outputs, labels = [], []
+    parts: dict[Any, list[jax.Array]] = {}
+    valid = []
     for batch in pipeline.iterate(maker, 0, len(maker), d.num_workers):
-        images = jax.make_array_from_process_local_data(sharding, batch["images"])
-        out = np.asarray(predict(state, images))
-        outputs.append(out[batch["valid"]])
-        labels.append(batch["labels"][batch["valid"]])
-    skipped = len(source) - sum(len(x) for x in labels)
-    if skipped:
+        out = predict(state, jax.make_array_from_process_local_data(sharding, batch["images"]))
+        for shard in out.addressable_shards:
+            parts.setdefault(shard.device, []).append(shard.data)
+        valid.append(batch["valid"].reshape(hi - lo, maker.device_batch))
+    rows = devices * maker.rows_per_device
+    shape = (rows, *out.shape[1:])
+    arrays = [jnp.concatenate(parts[device]) for device in sharding.addressable_devices_indices_map(shape)]
+    values = jax.make_array_from_single_device_arrays(shape, sharding, arrays)
+    local_valid = np.concatenate(valid, axis=1).reshape(-1)  # (local devices, rows per device), flattened
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        local_valid = multihost_utils.process_allgather(local_valid, tiled=True)
+    labels = np.full(rows, -1, np.int64)
+    labels[:len(source)] = source.labels
+    skipped = len(source) - int(local_valid.sum())
+    if skipped and jax.process_index() == 0:
         log.warning("%s: %d corrupt records left out of the evaluation", source.name, skipped)
-    return np.concatenate(outputs), np.concatenate(labels)
+    return Outputs(values, labels, np.asarray(local_valid, bool))
 
 
 class Evaluator:
@@ -60,7 +97,7 @@ class Evaluator:
     def metric_names(eval_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
         raise NotImplementedError
 
-    def outputs(self, state: Any, source: Source) -> tuple[np.ndarray, np.ndarray]:
+    def outputs(self, state: Any, source: Source) -> Outputs:
         return predict_source(self.predict, state, source, self.cfg, self.mesh)
 
     def __call__(self, state: Any, query: Source, reference: Source | None = None) -> dict[str, float]:
@@ -80,10 +117,11 @@ class RetrievalEvaluator(Evaluator):
 
     def __call__(self, state: Any, query: Source, reference: Source | None = None) -> dict[str, float]:
         start = time.perf_counter()
-        q, ql = self.outputs(state, query)
-        r, rl = self.outputs(state, reference) if reference is not None else (None, None)
-        metrics = retrieval_metrics(q, ql, r, rl, ks=tuple(self.cfg.eval.ks), clustering=self.cfg.eval.clustering,
-                                    seed=self.cfg.seed)
+        q = self.outputs(state, query)
+        r = self.outputs(state, reference) if reference is not None else None
+        metrics = retrieval_metrics(q.values, q.labels, r and r.values, r and r.labels, ks=tuple(self.cfg.eval.ks),
+                                    clustering=self.cfg.eval.clustering, seed=self.cfg.seed, mesh=self.mesh,
+                                    query_valid=q.valid, reference_valid=r and r.valid)
         metrics["eval_seconds"] = time.perf_counter() - start
         return metrics
 
@@ -100,10 +138,22 @@ class AccuracyEvaluator(Evaluator):
 
     def __call__(self, state: Any, query: Source, reference: Source | None = None) -> dict[str, float]:
         del reference
-        logits, labels = self.outputs(state, query)
-        top5 = np.argsort(-logits, axis=1, kind="stable")[:, :5]
-        return {"accuracy": float(np.mean(top5[:, 0] == labels)),
-                "top5_accuracy": float(np.mean(np.any(top5 == labels[:, None], axis=1)))}
+        out = self.outputs(state, query)
+        sharding = out.values.sharding
+        labels, valid = (jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index])
+                         for a in (out.labels.astype(np.int32), out.valid))
+        top1, top5 = _top_k_hits(out.values, labels, valid)
+        total = int(out.valid.sum())
+        return {"accuracy": float(top1) / total, "top5_accuracy": float(top5) / total}
+
+
+@jax.jit
+def _top_k_hits(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """How many valid rows have their label first, and among the first five (ties: the lower class first, as a
+    stable sort would order them)."""
+    _, top = jax.lax.top_k(logits.astype(jnp.float32), min(5, logits.shape[-1]))
+    hits = top == labels[:, None]
+    return jnp.sum(hits[:, 0] & valid), jnp.sum(jnp.any(hits, axis=1) & valid)
 
 
 # eval.evaluator -> class; the one list of valid names.

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdml import distributed
 from jaxdml.errors import UserError
 from jaxdml.models.backbones import BACKBONES, backbone_spec
 from jaxdml.models.cifar import CIFAR_NETWORKS, cifar_network, classifier_name
@@ -192,15 +193,19 @@ def read_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def save_converted(variables: dict[str, Any], out_dir: str | Path, metadata: dict[str, Any]) -> Path:
-    """Writes the orbax checkpoint (``out_dir/variables``) and the metadata JSON."""
+    """Writes the orbax checkpoint (``out_dir/variables``) and the metadata JSON. In a multi-process run every
+    process calls it (orbax saves collectively) and process 0 writes the files."""
     import orbax.checkpoint as ocp
 
     out_dir = Path(out_dir).absolute()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    primary = distributed.is_primary()
+    if primary:
+        out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "variables"
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(target, variables, force=True)
-    (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    if primary:
+        (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return target
 
 

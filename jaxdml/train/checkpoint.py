@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from jaxdml import distributed
 from jaxdml.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,15 @@ def _key_name(key: Any) -> str:
 
 
 def checksums(state: Any) -> dict[str, str]:
-    """CRC-32 (hex) of each array's bytes, keyed by its path; arrays this process cannot see whole are skipped."""
+    """CRC-32 (hex) of each array's bytes, keyed by its path. A replicated array is read from this process's copy
+    (so every process of a multi-process run computes the same values); an array split over processes is
+    skipped."""
     out = {}
     for name, leaf in zip(leaf_paths(state), jax.tree.leaves(state)):
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            continue
+            if not leaf.is_fully_replicated:
+                continue
+            leaf = leaf.addressable_data(0)
         data = np.ascontiguousarray(jax.device_get(leaf))
         out[name] = f"{zlib.crc32(data.reshape(-1).view(np.uint8)):08x}"
     return out
@@ -176,12 +181,16 @@ class Checkpointer:
         return None
 
     def _set_aside(self, step: int, suffix: str, why: str) -> None:
+        """Moves a damaged step out of the way (process 0 does it while the others wait: they all found it
+        damaged, since they read the same files)."""
         if self.read_only:
             raise UserError(f"checkpoint step {step} in {self.directory} {why}.")
         aside = self.directory / f"{step}.{suffix}"
-        log.warning("checkpoint step %d in %s %s; moved it to %s and trying an older one", step, self.directory,
-                    why, aside)
-        (self.directory / str(step)).rename(aside)
+        if distributed.is_primary():
+            log.warning("checkpoint step %d in %s %s; moved it to %s and trying an older one", step,
+                        self.directory, why, aside)
+            (self.directory / str(step)).rename(aside)
+        distributed.barrier(f"jaxdml: checkpoint {step} set aside")
         self.manager.reload()
 
     def check_fits(self, step: int, abstract_state: Any, *,

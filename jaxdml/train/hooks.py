@@ -10,6 +10,7 @@ the others decided and raises :class:`~jaxdml.train.loop.Interrupted` after a si
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 
 import jax
 
+from jaxdml import distributed
 from jaxdml.train.checkpoint import Checkpointer
 from jaxdml.train.loop import Hook, Interrupted, Loop
 from jaxdml.train.writers import MetricWriter
@@ -42,11 +44,18 @@ def due(step: int, every: int, last: int) -> bool:
 
 class SignalHook(Hook):
     """Turns the first SIGINT/SIGTERM into a graceful stop (checkpoint, then exit 128 + signal); a second one
-    interrupts at once."""
+    interrupts at once.
+
+    On many hosts a stop must happen at the same step everywhere (the checkpoint is saved by all processes
+    together): SIGTERM, the pre-emption notice of a TPU VM or a cluster, is left to JAX's pre-emption notifier, a
+    SIGINT is passed on to it as a SIGTERM, and every step asks :func:`jaxdml.distributed.preemption_point`, which
+    answers True on all processes at the same step once any of them was signalled.
+    """
 
     def __init__(self) -> None:
         self._previous: dict[int, Any] = {}
         self._signum: int | None = None
+        self._multi = False
 
     def _handle(self, signum: int, frame: Any) -> None:
         del frame
@@ -55,6 +64,8 @@ class SignalHook(Hook):
             raise KeyboardInterrupt
         self._signum = signum
         log.warning("received %s: saving a checkpoint after this step", signal.Signals(signum).name)
+        if self._multi:  # the other processes learn of it through JAX's pre-emption sync
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -62,13 +73,18 @@ class SignalHook(Hook):
         self._previous = {}
 
     def before_train(self, loop: Loop) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        self._multi = distributed.multi_process()
+        for sig in (signal.SIGINT,) if self._multi else (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: no handlers, no graceful stop
                 pass
 
     def after_step(self, loop: Loop, step: int) -> None:
+        if self._multi:  # stop where every process stops, however early this one was signalled
+            if not distributed.preemption_point(step):
+                return
+            self._signum = self._signum or signal.SIGTERM
         if self._signum is not None:
             loop.signum = self._signum
             loop.request_stop(f"stopped by {signal.Signals(self._signum).name}")

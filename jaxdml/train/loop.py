@@ -87,7 +87,9 @@ class Loop:
         self.stop_reason = reason
 
     def echo(self, message: str) -> None:
-        """Prints a line (through the progress bar when there is one)."""
+        """Prints a line (through the progress bar when there is one); only process 0 of a multi-process run does."""
+        if jax.process_index() != 0:
+            return
         if self.progress is not None:
             self.progress.write(message)
         else:

@@ -29,8 +29,12 @@ class TrainState:
 
 
 def create_mesh() -> Mesh:
-    """All devices on one ``data`` axis: batches are split over it, the state is replicated."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
+    """All devices of all processes on one ``data`` axis: batches are split over it, the state is replicated.
+
+    The devices are ordered by process, so each process's devices hold a contiguous part of every batch (the part
+    that process builds) and of every evaluation set."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return Mesh(np.asarray(devices), ("data",))
 
 
 def model_variables(params: dict[str, Any], model_state: dict[str, Any]) -> dict[str, Any]:

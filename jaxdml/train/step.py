@@ -127,10 +127,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def make_predict_step(model: nn.Module, output: str, mesh: Mesh, state_sharding: Any
                       ) -> Callable[[TrainState, jax.Array], jax.Array]:
-    """The jitted inference function ``(state, images) -> outputs[output]`` (e.g. ``embedding`` or ``logits``)."""
+    """The jitted inference function ``(state, images) -> outputs[output]`` (e.g. ``embedding`` or ``logits``); the
+    outputs stay split over the devices like the images."""
 
     def predict(state: TrainState, images: jnp.ndarray) -> jnp.ndarray:
         return model.apply(model_variables(state.params, state.model_state), images, train=False)[output]
 
-    return jax.jit(predict, in_shardings=(state_sharding, batch_sharding(mesh)),
-                   out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return jax.jit(predict, in_shardings=(state_sharding, batch_sharding(mesh)), out_shardings=batch_sharding(mesh))

@@ -82,3 +82,17 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+class NullWriter(MetricWriter):
+    """The writer of every process but the first in a multi-process run: the metrics are the same everywhere and
+    process 0 writes them."""
+
+    def __init__(self) -> None:  # opens no files
+        pass
+
+    def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        del step, split, metrics
+
+    def close(self) -> None:
+        pass

@@ -21,6 +21,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
+from jaxdml import distributed
 from jaxdml.data import pipeline
 from jaxdml.data.datasets import DataSplits, load_data
 from jaxdml.data.sampler import build_sampler
@@ -33,7 +34,7 @@ from jaxdml.train.loop import Hook, Loop, prefetch
 from jaxdml.train.optim import make_optimizer
 from jaxdml.train.state import InitFn, TrainState, create_mesh, create_state
 from jaxdml.train.step import LossFn, batch_sharding, make_predict_step, make_train_step
-from jaxdml.train.writers import MetricWriter
+from jaxdml.train.writers import MetricWriter, NullWriter
 from jaxdml.trainers.workdir import Resume, RunRecord, check_writable, parse_fork, saved_steps
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ class Trainer:
         self._train_step, self._selection_data = setup.train_step, (query, reference)
         self.writer: MetricWriter | None = None
         self.loop: Loop | None = None
+        distributed.barrier("jaxdml: run checked")  # every process has read the workdir before process 0 writes it
 
     def begin(self) -> Loop:
         """The run really starts: writes ``config.json`` / ``run.json``, opens the metric files and the
@@ -172,12 +174,14 @@ class Trainer:
             return self.loop
         cfg, t = self.cfg, self.cfg.train
         (event, details, resume_step), (query, reference) = self._start, self._selection_data
+        primary = distributed.is_primary()
         try:
-            self.record.start(cfg, int(self._state.step), event, **details)
+            if primary:
+                self.record.start(cfg, int(self._state.step), event, **details)
             if self.checkpointer is None:
                 self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=t.keep_checkpoints,
                                                  selection_metric=cfg.eval.selection_metric)
-            self.writer = MetricWriter(self.workdir, resume_step=resume_step)
+            self.writer = MetricWriter(self.workdir, resume_step=resume_step) if primary else NullWriter()
         except OSError as error:
             raise UserError(f"cannot write to --workdir {self.workdir}: {error.strerror or error} "
                             f"({error.filename or self.workdir}).") from None
@@ -270,7 +274,7 @@ class Trainer:
             else:
                 final = self.evaluator(self.state, data.query, data.reference)
                 self.writer.write(step, "test", final)
-            print(f"trained, step {step} (test): {hk.format_metrics(final)}", flush=True)
+            self.loop.echo(f"trained, step {step} (test): {hk.format_metrics(final)}")
             summary: dict[str, Any] = {"initial": self.eval_hook.initial, "final": final,
                                        "best_step": self.eval_hook.best_step}
             best_step = self.eval_hook.best_step
@@ -279,10 +283,11 @@ class Trainer:
                 best_state, _ = self.checkpointer.restore(best_step, abstract_like(self.state))
                 summary["best"] = self.evaluator(best_state, data.query, data.reference)
                 self.writer.write(best_step, "test_at_best_val", summary["best"])
-                print(f"best on val (step {best_step}), test: {hk.format_metrics(summary['best'])}", flush=True)
+                self.loop.echo(f"best on val (step {best_step}), test: {hk.format_metrics(summary['best'])}")
             hk.save(self.loop, self.checkpointer, step)
             self.finish(summary)
-            (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if distributed.is_primary():
+                (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         except BaseException:
             self._close_after_error()
             raise
