@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,3 +209,24 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_the_rerun_ends_b
             == json.loads((workdir / "summary.json").read_text())["final"] | {"eval_seconds": 0})
     events = [h["event"] for h in json.loads((workdir / "run.json").read_text())["history"]]
     assert events == ["start", "resume"]
+
+
+def test_a_damaged_checkpoint_is_set_aside_once_and_both_processes_retrain_to_the_same_end(
+        two_process_metric_learning, tmp_path):
+    workdir = tmp_path / "damaged"
+    shutil.copytree(two_process_metric_learning, workdir)
+    (workdir / "summary.json").unlink()
+    expected, _ = final_checkpoint(two_process_metric_learning)
+    step_dir = workdir / "checkpoints" / str(STEPS)
+    for f in (p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)):
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+    job = Job(workdir, 2, 2, [*METRIC_LEARNING, *common(STEPS)])
+    assert job.wait() == [0, 0], job.output()
+    aside = [p.name for p in (workdir / "checkpoints").iterdir() if p.name.startswith(f"{STEPS}.")]
+    assert aside in ([f"{STEPS}.corrupt"], [f"{STEPS}.unreadable"])  # moved once, by process 0
+    assert f"checkpoint step {STEPS}" in job.logs[0].read_text()
+    retrained, _ = final_checkpoint(workdir)
+    for key in expected:
+        np.testing.assert_array_equal(retrained[key], expected[key], err_msg=key)
