@@ -2,9 +2,9 @@
 
     python -m jaxdml.main --config experiments/gap_digits_collage.py --workdir runs/gap_digits_collage
 
-Expected on a busy 2-core CPU: 3-6 minutes (400 steps). Test classes (720 images, 24 numbers), seeds 0/1/2:
-    GAP  R@1 89.17 / 91.39 / 82.22 = 87.59 +- 4.78   MAP@R 58.76 / 63.04 / 55.65 = 59.15 +- 3.72
-    GSP  R@1 91.06 +- 2.97, MAP@R 67.29 +- 4.67 (gsp_digits_collage.py; measured at commit 1dab99a)
+Expected on 2 CPU cores: 3-4.5 minutes (400 steps). Test classes (720 images, 24 numbers), seeds 0/1/2:
+    GAP  R@1 90.00 / 78.19 / 83.19 = 83.80 +- 5.93   MAP@R 63.50 / 48.84 / 58.74 = 57.03 +- 7.48
+    GSP  R@1 92.82 +- 1.85, MAP@R 68.14 +- 5.51 (gsp_digits_collage.py; measured at commit d9073a8)
 """
 
 import importlib.util

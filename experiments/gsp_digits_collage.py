@@ -8,10 +8,10 @@ contrastive loss + 0.1 ZSR (the released recipe's weighting).
 
     python -m jaxdml.main --config experiments/gsp_digits_collage.py --workdir runs/gsp_digits_collage
 
-Expected on a busy 2-core CPU: 4-5 minutes (400 steps). Test classes (720 images, 24 numbers), seeds 0/1/2:
-    GSP  R@1 87.64 / 92.92 / 92.64 = 91.06 +- 2.97   MAP@R 62.17 / 68.42 / 71.29 = 67.29 +- 4.67
-    GAP  R@1 89.17 / 91.39 / 82.22 = 87.59 +- 4.78   MAP@R 58.76 / 63.04 / 55.65 = 59.15 +- 3.72  (twin)
-(untrained: R@1 6.3, MAP@R 1.1; benchmarks/embedded_results.py --only collage at commit 1dab99a). GSP is
+Expected on 2 CPU cores: 3-4.5 minutes (400 steps). Test classes (720 images, 24 numbers), seeds 0/1/2:
+    GSP  R@1 94.86 / 92.36 / 91.25 = 92.82 +- 1.85   MAP@R 74.49 / 64.73 / 65.20 = 68.14 +- 5.51
+    GAP  R@1 90.00 / 78.19 / 83.19 = 83.80 +- 5.93   MAP@R 63.50 / 48.84 / 58.74 = 57.03 +- 7.48  (twin)
+(untrained: R@1 6.3, MAP@R 1.1; benchmarks/embedded_results.py --only collage at commit d9073a8). GSP is
 ahead on every seed; the notebook notebooks/transport_plans.ipynb
 shows where its transported mass goes.
 """

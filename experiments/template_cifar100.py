@@ -10,8 +10,8 @@ two templates per class, each location's class scores (log-sum-exp over a class'
 cross-entropy against the image label, weight 1. Placement, templates per class and weight are our reading
 of the abstract and the letKD appendix: the paper's code is not public and its tables are not in our
 reference material. Expected run time and numbers: not measured (no GPU on the development machines); the
-demo's digits version (python -m jaxdml.distill.demo) gains 4.7 points over the plain ResNet-8 (mean over
-seeds 0 / 1 / 2: +5.3 / +8.7 / +0.0; `python benchmarks/embedded_results.py --only distill` at commit f205c00).
+demo's digits version (python -m jaxdml.distill.demo) gains 2.0 points over the plain ResNet-8 (mean over
+seeds 0 / 1 / 2: +3.2 / +0.6 / +2.1; `python benchmarks/embedded_results.py --only distill` at commit d9073a8).
 """
 
 from jaxdml.config import load_sibling
