@@ -6,16 +6,17 @@
 Runs, each as ``python -m jaxdml.main`` in its own workdir ``<workdir>/<group>/seed<k>/<name>`` (stdout and
 stderr in ``run.log`` there; reruns resume, and finished runs are only re-evaluated):
 
-* ``digit_pairs``: experiments/digit_pairs.py (about 2 min per seed on 2 CPU cores);
-* ``collage``: experiments/gap_digits_collage.py and gsp_digits_collage.py (about 2.5 min each);
+* ``digit_pairs``: experiments/digit_pairs.py (about 3 min per seed on 2 CPU cores);
+* ``collage``: experiments/gap_digits_collage.py and gsp_digits_collage.py (3-4.5 min each);
 * ``distill``: experiments/kd_digits_teacher.py, then kd_digits_student.py:none|kd|letkd|template, kd and
-  letkd distilling from the same seed's teacher (about 3 min per seed).
+  letkd distilling from the same seed's teacher (5-6 min per seed).
 
-About 30 minutes for seeds 0 1 2 with ``--jobs 1`` on 2 CPU cores (the honest setting for the wall times:
-parallel runs share the cores). Prints the commit measured (``git rev-parse --short HEAD``, plus
-"(uncommitted changes)" when tracked files under jaxdml/, kernels/ or experiments/ differ from it) at the
-start and at the end, each run's wall time, then the README tables (mean ± sample std over the seeds, in %)
-and the per-seed lines of the experiment docstrings. Everything printed also goes to ``<workdir>/results.json``.
+About 50 minutes for seeds 0 1 2 with ``--jobs 1`` on 2 CPU cores (54 min at d9073a8; ``--jobs 1`` is the
+honest setting for the wall times: parallel runs share the cores). Prints the commit measured
+(``git rev-parse --short HEAD``, plus "(uncommitted changes)" when tracked files under jaxdml/, kernels/ or
+experiments/ differ from it) at the start and at the end, each run's wall time, then the README tables (mean ±
+sample std over the seeds, in %) and the per-seed lines of the experiment docstrings. Everything printed also
+goes to ``<workdir>/results.json``.
 Every number comes from the runs' ``summary.json`` and ``config.json``; nothing is imported from jaxdml.
 """
 
