@@ -34,11 +34,11 @@ FORK_FROM = flags.DEFINE_string("fork_from", None, "<workdir>[:<step>]: start a 
 
 def main(argv: list[str]) -> None:
     del argv
+    logging.set_verbosity(logging.WARNING)
     run_user_errors(initialize_distributed)  # before anything touches a device
     from jaxdml.train.loop import Interrupted
     from jaxdml.trainers import Resume, train_and_evaluate
 
-    logging.set_verbosity(logging.WARNING)
     resume = Resume(extend_steps=EXTEND_STEPS.value, fork_from=FORK_FROM.value)
     try:
         run_user_errors(lambda: train_and_evaluate(config_from_flags(), WORKDIR.value, resume=resume))
