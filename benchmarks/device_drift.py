@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -50,7 +49,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import embedded_results  # this folder: run as a script, it is on sys.path
 import numpy as np
+from embedded_results import Printer
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -90,27 +91,8 @@ class Result:
     measured_at: dict[str, Any]  # commit_state() of the invocation that trained it
 
 
-class Printer:
-    """Prints and keeps every line, for results.json."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, line: str = "") -> None:
-        print(line, flush=True)
-        self.lines.extend(line.split("\n"))
-
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-
-
 def commit_state() -> dict[str, Any]:
-    changed = [line[3:] for line in git("status", "--porcelain", "--", *WATCHED).splitlines()
-               if not line.startswith("??")]
-    head = git("rev-parse", "--short", "HEAD").strip()
-    return {"commit": head, "uncommitted": changed, "label": head + (" (uncommitted changes)" if changed else ""),
-            "diff_sha256": hashlib.sha256(git("diff", "HEAD", "--", *WATCHED).encode()).hexdigest()}
+    return embedded_results.commit_state(WATCHED)
 
 
 def same_code(state: dict[str, Any]) -> tuple[str, str]:

@@ -90,12 +90,13 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
-def commit_state() -> dict[str, Any]:
-    changed = [line[3:] for line in git("status", "--porcelain", "--", *WATCHED).splitlines()
+def commit_state(watched: tuple[str, ...] = WATCHED) -> dict[str, Any]:
+    """HEAD, and which of the ``watched`` tracked paths differ from it (also used by device_drift.py)."""
+    changed = [line[3:] for line in git("status", "--porcelain", "--", *watched).splitlines()
                if not line.startswith("??")]
     head = git("rev-parse", "--short", "HEAD").strip()
     return {"commit": head, "uncommitted": changed, "label": head + (" (uncommitted changes)" if changed else ""),
-            "diff_sha256": hashlib.sha256(git("diff", "HEAD", "--", *WATCHED).encode()).hexdigest()}
+            "diff_sha256": hashlib.sha256(git("diff", "HEAD", "--", *watched).encode()).hexdigest()}
 
 
 def duration(seconds: float) -> str:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from test_retrieval_metrics import _brute as brute_reference
 
 KS = tuple(range(1, 210))  # every rank of the best positive counts; most K exceed max R: the rank pass
 
@@ -72,27 +73,9 @@ def brute_order(q, r, self_mode: bool, tie: str = "low") -> tuple[np.ndarray, np
 
 
 def brute_metrics(q, ql, r=None, rl=None, tie: str = "low") -> dict[str, float]:
-    """Every kNN metric from the full sorted neighbour lists (no blocks, no top-k, no rank pass)."""
-    self_mode = r is None
-    r, rl = (q, ql) if self_mode else (r, rl)
-    _, order = brute_order(q, r, self_mode, tie)
-    if self_mode:
-        order = order[:, :-1]  # the query itself
-    p1, rp, mapr, first = [], [], [], []
-    for i in range(len(q)):
-        rel = rl[order[i]] == ql[i]
-        big_r = int(rel.sum())
-        if big_r == 0:
-            continue  # lone query
-        top = rel[:big_r]
-        p1.append(float(rel[0]))
-        rp.append(top.sum() / big_r)
-        mapr.append(float((np.cumsum(top) / np.arange(1, big_r + 1) * top).sum() / big_r))
-        first.append(int(np.argmax(rel)) + 1)
-    first = np.array(first)
-    out = {"precision_at_1": np.mean(p1), "r_precision": np.mean(rp), "map_at_r": np.mean(mapr)}
-    out.update({f"recall_at_{k}": float(np.mean(first <= k)) for k in KS})
-    return out
+    """Every kNN metric from the full sorted neighbour lists (no blocks, no top-k, no rank pass): the brute-force
+    reference of tests/test_retrieval_metrics.py."""
+    return brute_reference(q, ql, r, rl, ks=KS, tie=tie)
 
 
 def close(a: dict, b: dict, tol: float = 1e-12) -> bool:

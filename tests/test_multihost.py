@@ -10,7 +10,6 @@ meant for people. Every test bounds its processes' run time and kills whatever i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -22,10 +21,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from train_helpers import REPO, worker_env
 
 from jaxdml.launch import free_port
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds for one run of a job (compiling on a loaded 2-core machine included)
 STEPS = 6
 
@@ -47,8 +46,7 @@ class Job:
 
     def __init__(self, workdir: Path, processes: int, devices: int, args: list[str]):
         self.workdir = workdir
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        env = worker_env(devices)
         port = free_port()
         self.logs = [workdir.parent / f"{workdir.name}.process{i}.log" for i in range(processes)]
         self.processes = []
@@ -138,7 +136,7 @@ def two_process_metric_learning(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("ml") / "two"
     command = [sys.executable, "-m", "jaxdml.launch", "--num_processes", "2", "--devices_per_process", "2", "--",
                *METRIC_LEARNING, *common(STEPS), "--workdir", str(workdir)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = worker_env()
     with (workdir.parent / "launch.log").open("w") as log:  # the launcher's SIGKILL on timeout ends its processes
         result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=TIMEOUT, cwd=REPO)
     assert result.returncode == 0, (workdir.parent / "launch.log").read_text()[-5000:]

@@ -9,25 +9,16 @@ merged in reverse order; the rank pass keeping the highest tied index) must be c
 """
 
 import json
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+from train_helpers import start_worker
 
 
 def _start(out: Path, devices: int, *args: str) -> subprocess.Popen:
-    # The worker imports the jaxdml of this checkout (REPO), whatever the environment has installed.
-    path = os.pathsep.join([str(HERE), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
-    return subprocess.Popen([sys.executable, str(HERE / "retrieval_worker.py"), str(out), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_worker("retrieval_worker.py", devices, str(out), *args)
 
 
 def _report(process: subprocess.Popen, out: Path) -> dict:

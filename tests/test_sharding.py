@@ -2,24 +2,15 @@
 for metric learning and for distillation (both run through the one training core); over a real run, the
 float reduction order makes the two drift apart like two seeds of a nondeterministic GPU run, within bounds."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+from train_helpers import start_worker
 
 
 def start(devices: int, out: Path, *args: str) -> subprocess.Popen:
-    # The worker imports the jaxdml of this checkout (REPO), whatever the environment has installed.
-    path = os.pathsep.join([str(HERE), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
-    return subprocess.Popen([sys.executable, str(HERE / "sharding_worker.py"), str(out), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_worker("sharding_worker.py", devices, str(out), *args)
 
 
 def results(process: subprocess.Popen, out: Path) -> dict:

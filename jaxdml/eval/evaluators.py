@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxdml import distributed
 from jaxdml.data import pipeline
 from jaxdml.data.sources import Source
 from jaxdml.eval.retrieval import retrieval_metrics
@@ -72,14 +73,14 @@ def predict_source(predict: Predict, state: Any, source: Source, cfg: ml_collect
     arrays = [jnp.concatenate(parts[device]) for device in sharding.addressable_devices_indices_map(shape)]
     values = jax.make_array_from_single_device_arrays(shape, sharding, arrays)
     local_valid = np.concatenate(valid, axis=1).reshape(-1)  # (local devices, rows per device), flattened
-    if jax.process_count() > 1:
+    if distributed.multi_process():
         from jax.experimental import multihost_utils
 
         local_valid = multihost_utils.process_allgather(local_valid, tiled=True)
     labels = np.full(rows, -1, np.int64)
     labels[:len(source)] = source.labels
     skipped = len(source) - int(local_valid.sum())
-    if skipped and jax.process_index() == 0:
+    if skipped and distributed.is_primary():
         log.warning("%s: %d corrupt records left out of the evaluation", source.name, skipped)
     return Outputs(values, labels, np.asarray(local_valid, bool))
 

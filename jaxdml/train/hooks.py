@@ -99,7 +99,7 @@ class LogHook(Hook):
 
     def __init__(self, writer: MetricWriter, *, every: int, num_steps: int, batch_size: int, progress_bar: bool):
         self.writer, self.every, self.num_steps, self.batch_size = writer, every, num_steps, batch_size
-        self.progress_bar = progress_bar and jax.process_index() == 0
+        self.progress_bar = progress_bar and distributed.is_primary()
         self._window_start, self._images, self._skipped = 0.0, 0, 0
 
     def before_train(self, loop: Loop) -> None:

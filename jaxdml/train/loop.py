@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
+from jaxdml import distributed
 from jaxdml.errors import UserError
 from jaxdml.train.state import TrainState
 
@@ -88,7 +89,7 @@ class Loop:
 
     def echo(self, message: str) -> None:
         """Prints a line (through the progress bar when there is one); only process 0 of a multi-process run does."""
-        if jax.process_index() != 0:
+        if not distributed.is_primary():
             return
         if self.progress is not None:
             self.progress.write(message)
