@@ -43,6 +43,7 @@ from jaxdml.losses import LOSSES, MINERS, make_objective
 from jaxdml.losses.registry import loss_hyper_parameters, miner_hyper_parameters
 from jaxdml.models.backbones import BACKBONES
 from jaxdml.models.cifar import CIFAR_NETWORKS
+from jaxdml.models.heads import EMBEDDING_NORMS
 from jaxdml.models.model import COMPUTE_DTYPES, POOLING_NAMES
 from jaxdml.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -73,6 +74,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.samples_per_class = 4  # m_per_class / hierarchical: images per class in a batch
     c.data.super_classes_per_batch = 2  # hierarchical: super-classes per batch
     c.data.val_fraction = 0.0  # last fraction of the training classes held out for model selection
+    # Class-disjoint folds of the training classes (the MLRC protocol: 4). With data.folds > 0 one model is trained
+    # per fold, each on the other folds and selected on its own, then evaluated alone and concatenated
+    # (jaxdml.trainers.folds); data.fold = k trains only model k (-1: all, in sequence, then their concatenation).
+    c.data.folds = 0
+    c.data.fold = -1
     c.data.num_workers = 0  # grain worker processes for decoding/augmenting (0 = in the main process)
     # Decode-once image cache (jaxdml.data.cache) for real datasets: decoded images, shorter side data.resize_size,
     # in one memory-mapped file per split shared by all workers. None = off; "default" = <TFDS data_dir>/jaxdml_cache.
@@ -100,6 +106,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.gsp.augment_max_pool = False  # add the global max pool of the projected features
     c.model.gsp.gem = False  # GeM (learnable p, init 3) over the GSP-weighted features instead of their sum
     c.model.freeze_bn = False  # backbone BatchNorm uses (and keeps) its running statistics
+    # l2 | lipschitz: the embedding's normalisation, seen by the losses and the evaluation (lipschitz: v / max(1, |v|),
+    # the GSP/CCP TensorFlow framework's)
+    c.model.embedding_norm = "l2"
     c.model.compute_dtype = "float32"  # float32 | bfloat16 (parameters stay float32)
 
     c.loss = ml_collections.ConfigDict()
@@ -144,6 +153,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2  # latest N kept, plus the best by eval.selection_metric
     c.train.progress_bar = True
     c.train.patience = 0  # early stopping: evaluations without a new best before training ends (0 = never)
+
+    c.ccp = ml_collections.ConfigDict()  # trainer = "ccp": DML with chance constraints (jaxdml.trainers.ccp)
+    c.ccp.proxies_per_class = 8  # M: 8 CUB/Cars, 4 SOP/In-Shop
+    c.ccp.pool_per_class = 12  # b, per class for a re-pick (pool b if b >= M else b * M): 12 CUB/Cars, 7 SOP/In-Shop
+    c.ccp.pair_weight = 0.1  # weight of the base loss over the batch ...
+    c.ccp.proxy_weight = 1.0  # ... and over (batch anchors, all proxies)
+    c.ccp.proximal = 2e-4  # lambda of the proximal term lambda/2 |theta - theta_bar|^2 from the second round on
+    c.ccp.round_patience = 3  # evaluations (epochs: train.eval_every steps) without a gain before a new round
+    c.ccp.min_gain = 1e-5  # a gain in the selection metric counts when larger than this
 
     c.distill = ml_collections.ConfigDict()  # task = classification: teacher and distillation terms
     c.distill.method = "none"  # none | kd (Hinton) | fitnet | letkd
@@ -222,6 +240,7 @@ CHOICES: dict[str, Iterable[str]] = {
     "model.pooling": POOLING_NAMES,
     "model.gsp.method": GSP_METHODS,
     "model.compute_dtype": COMPUTE_DTYPES,
+    "model.embedding_norm": EMBEDDING_NORMS,
     "loss.name": LOSSES,
     "loss.miner.name": MINERS,
     "optim.name": OPTIMIZERS,
@@ -394,6 +413,8 @@ RULES: dict[str, Rule] = {
     "data.samples_per_class": COUNT,
     "data.super_classes_per_batch": COUNT,
     "data.val_fraction": UNIT,
+    "data.folds": INDEX,  # and 0 or >= 2, with data.val_fraction = 0: _folds
+    "data.fold": Number(int, ge=-1),  # and < data.folds: _folds
     "data.num_workers": INDEX,
     "data.crop_padding": INDEX,
     "data.rotation_degrees": Number(ge=0, le=180),
@@ -429,6 +450,13 @@ RULES: dict[str, Rule] = {
     "train.checkpoint_every": COUNT,
     "train.keep_checkpoints": COUNT,
     "train.patience": INDEX,
+    "ccp.proxies_per_class": COUNT,
+    "ccp.pool_per_class": COUNT,
+    "ccp.pair_weight": NON_NEGATIVE,
+    "ccp.proxy_weight": NON_NEGATIVE,
+    "ccp.proximal": NON_NEGATIVE,
+    "ccp.round_patience": COUNT,
+    "ccp.min_gain": NON_NEGATIVE,
     "distill.ce_weight": NON_NEGATIVE,
     "distill.kd_weight": NON_NEGATIVE,
     "distill.kd_temperature": POSITIVE,
@@ -711,10 +739,23 @@ def _boundaries_within_training(cfg: ml_collections.ConfigDict) -> Broken | None
                   tuple(b for b in o.step_boundaries if o.warmup_steps < b < steps))
 
 
+def _folds(cfg: ml_collections.ConfigDict) -> Broken | None:
+    d = cfg.data
+    if d.folds == 1:
+        return Broken("data.folds", 1, "must be 0 (no folds) or >= 2 (one model per fold)", 4)
+    if d.folds and d.val_fraction:
+        return Broken("data.val_fraction", d.val_fraction, f"must be 0 with data.folds={d.folds} (each model is "
+                      f"selected on its own fold)", 0.0)
+    if d.fold >= max(d.folds, 1) or (d.fold >= 0 and not d.folds):
+        return Broken("data.fold", d.fold, f"must be -1 (every fold) or a fold in 0..data.folds-1 (data.folds="
+                      f"{d.folds})", -1)
+    return None
+
+
 # Rules between keys, checked once every key has a valid value of its own.
 CROSS_KEY_RULES: tuple[Callable[[ml_collections.ConfigDict], Broken | None], ...] = (
     _whole_groups, _eval_crop_fits, _gsp_memory_holds_prototypes, _zsr_needs_gsp, _pretrained_needs_weights,
-    _boundaries_within_training)
+    _boundaries_within_training, _folds)
 
 
 def _agreeing(cfg: ml_collections.ConfigDict, key: str, suggestion: Any) -> Any:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import ml_collections
 
 from jaxdml.data import digits
-from jaxdml.data.sources import DataSplits, Source, split_validation_classes
+from jaxdml.data.sources import DataSplits, Source, split_fold, split_validation_classes
 from jaxdml.data.specs import DATASETS as TFDS_DATASETS
 
 # The embedded datasets (no download): name -> loader of (train, test).
@@ -37,7 +37,10 @@ def load_data(cfg: ml_collections.ConfigDict) -> DataSplits:
             directory = cache_directory(cfg.cache_dir, cfg.data_dir)
             splits = DataSplits(*(None if s is None else cached(s, cfg.resize_size, directory, cfg.num_workers)
                                   for s in (splits.train, splits.query, splits.reference)))
-    train, val = split_validation_classes(splits.train, cfg.val_fraction)
+    if cfg.folds and cfg.fold >= 0:  # model `fold` of the fold protocol: validated on its fold
+        train, val = split_fold(splits.train, cfg.folds, cfg.fold)
+    else:
+        train, val = split_validation_classes(splits.train, cfg.val_fraction)
     return dataclasses.replace(splits, train=train, val=val)
 
 

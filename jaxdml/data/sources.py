@@ -125,3 +125,23 @@ def split_validation_classes(source: Source, fraction: float) -> tuple[Source, S
     train = select_classes(source, classes[:-num_val], f"{source.name}[train-classes]")
     val = select_classes(source, classes[-num_val:], f"{source.name}[val-classes]")
     return train, val
+
+
+def fold_classes(classes: np.ndarray, folds: int, fold: int) -> np.ndarray:
+    """The classes of fold ``fold`` of ``folds``: contiguous blocks of the sorted classes, cut at
+    ``linspace(0, C, folds + 1)`` rounded down (the GSP/CCP release's ``_datasetFromText``; its model ``i``, counted
+    from 1, validates on our fold ``folds - i``)."""
+    classes = np.unique(classes)
+    bounds = np.linspace(0, len(classes), folds + 1).astype(int)
+    return classes[bounds[fold]:bounds[fold + 1]]
+
+
+def split_fold(source: Source, folds: int, fold: int) -> tuple[Source, Source]:
+    """(the other folds' records, fold ``fold``'s records): class-disjoint, for model ``fold`` of the MLRC protocol."""
+    if folds > len(np.unique(source.labels)):
+        raise ValueError(f"{source.name}: data.folds={folds} is more than its {len(np.unique(source.labels))} "
+                         f"training classes")
+    held = fold_classes(source.labels, folds, fold)
+    rest = np.setdiff1d(np.unique(source.labels), held)
+    return (select_classes(source, rest, f"{source.name}[folds!={fold}]"),
+            select_classes(source, held, f"{source.name}[fold={fold}]"))

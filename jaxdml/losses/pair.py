@@ -22,9 +22,26 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from jaxdml.layers import l2_normalize
+from jaxdml.layers import l2_normalize, lipschitz_normalize
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+
+# How a loss normalises the embeddings (and reference items) before its distances or similarities: "l2" (PML's
+# default distances), "lipschitz" (v / max(1, ||v||), the GSP/CCP TensorFlow framework's ``lipschitz_cont``: its
+# euclidean distances and dot-product "cosine" similarities are taken between these) or "none".
+Normalize = Literal["l2", "lipschitz", "none"]
+NORMALIZATIONS: tuple[str, ...] = ("l2", "lipschitz", "none")
+
+
+def normalize_embeddings(x: jnp.ndarray, normalize: str) -> jnp.ndarray:
+    """``x`` normalised as ``normalize`` (one of :data:`NORMALIZATIONS`) says."""
+    if normalize == "l2":
+        return l2_normalize(x)
+    if normalize == "lipschitz":
+        return lipschitz_normalize(x)
+    if normalize == "none":
+        return x
+    raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
 
 
 def pair_masks(labels: jnp.ndarray, ref_labels: jnp.ndarray | None = None, pair_mask: jnp.ndarray | None = None
@@ -59,10 +76,22 @@ def cosine_similarities(x: jnp.ndarray, y: jnp.ndarray | None = None) -> jnp.nda
     return jnp.matmul(x, y.T, precision=_HIGHEST)
 
 
-def _lp_distances(embeddings: jnp.ndarray, ref_embeddings: jnp.ndarray | None) -> jnp.ndarray:
-    """PML's default ``LpDistance(normalize_embeddings=True)``: L2 distances of the normalised vectors."""
-    return euclidean_distances(l2_normalize(embeddings),
-                               None if ref_embeddings is None else l2_normalize(ref_embeddings))
+def _lp_distances(embeddings: jnp.ndarray, ref_embeddings: jnp.ndarray | None, normalize: str = "l2"
+                  ) -> jnp.ndarray:
+    """PML's default ``LpDistance(normalize_embeddings=True)``: L2 distances of the normalised vectors (of the
+    Lipschitz-normalised or raw ones with ``normalize="lipschitz"`` / ``"none"``)."""
+    return euclidean_distances(normalize_embeddings(embeddings, normalize),
+                               None if ref_embeddings is None else normalize_embeddings(ref_embeddings, normalize))
+
+
+def _similarities(embeddings: jnp.ndarray, ref_embeddings: jnp.ndarray | None, normalize: str = "l2"
+                  ) -> jnp.ndarray:
+    """PML's ``CosineSimilarity`` (``normalize="l2"``), else dot products of the vectors normalised as said."""
+    if normalize == "l2":
+        return cosine_similarities(embeddings, ref_embeddings)
+    x = normalize_embeddings(embeddings, normalize)
+    y = x if ref_embeddings is None else normalize_embeddings(ref_embeddings, normalize)
+    return jnp.matmul(x, y.T, precision=_HIGHEST)
 
 
 def _mean_of_positive(losses: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
@@ -91,7 +120,8 @@ def _generic_pair_guard(loss: jnp.ndarray, pos: jnp.ndarray, neg: jnp.ndarray) -
 def contrastive_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jnp.ndarray | None = None,
                      ref_labels: jnp.ndarray | None = None, *, pair_mask: jnp.ndarray | None = None,
                      pos_margin: float = 0.0, neg_margin: float = 1.0, distance: str = "euclidean",
-                     reduction: str = "avg_nonzero") -> jnp.ndarray:
+                     reduction: str = "avg_nonzero",
+                     normalize: Normalize = "l2") -> jnp.ndarray:
     """Contrastive loss (PML ``ContrastiveLoss``; defaults equal PML's).
 
     ``distance="euclidean"``: [d - pos_margin]+ on positives, [neg_margin - d]+ on negatives.
@@ -105,13 +135,15 @@ def contrastive_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embedding
     **C1** = ``contrastive_loss(distance="cosine", pos_margin=1.0, neg_margin=0.5, reduction="sum_per_anchor")``:
     the TF ``original_contrastive`` computes (sum_pos [1 - s - 1e-5]+ + sum_neg [s - 0.5]+) / B, so
     ``pos_margin=1 - 1e-5`` reproduces it to the last digit (the 1e-5 only keeps s = 1 self-pairs inactive).
+    That framework takes distances and similarities between Lipschitz-normalised vectors (``lipschitz_cont``):
+    ``normalize="lipschitz"`` (see :data:`NORMALIZATIONS`).
     """
     pos, neg = pair_masks(labels, ref_labels, pair_mask)
     if distance == "euclidean":
-        d = _lp_distances(embeddings, ref_embeddings)
+        d = _lp_distances(embeddings, ref_embeddings, normalize)
         pos_losses, neg_losses = jax.nn.relu(d - pos_margin), jax.nn.relu(neg_margin - d)
     elif distance == "cosine":
-        s = cosine_similarities(embeddings, ref_embeddings)
+        s = _similarities(embeddings, ref_embeddings, normalize)
         pos_losses, neg_losses = jax.nn.relu(pos_margin - s), jax.nn.relu(s - neg_margin)
     else:
         raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
@@ -132,14 +164,15 @@ def _log1p_sum_exp(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
 
 def multi_similarity_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jnp.ndarray | None = None,
                           ref_labels: jnp.ndarray | None = None, *, pair_mask: jnp.ndarray | None = None,
-                          alpha: float = 2.0, beta: float = 50.0, base: float = 0.5) -> jnp.ndarray:
+                          alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
+                          normalize: Normalize = "l2") -> jnp.ndarray:
     """Multi-similarity loss (Wang et al. 2019; PML ``MultiSimilarityLoss``, cosine similarity).
 
     Per anchor: 1/alpha log(1 + sum_pos exp(-alpha (s - base))) + 1/beta log(1 + sum_neg exp(beta (s - base))),
     averaged over all anchors of the batch.
     """
     pos, neg = pair_masks(labels, ref_labels, pair_mask)
-    s = cosine_similarities(embeddings, ref_embeddings)
+    s = _similarities(embeddings, ref_embeddings, normalize)
     per_anchor = (_log1p_sum_exp(alpha * (base - s), pos) / alpha
                   + _log1p_sum_exp(beta * (s - base), neg) / beta)
     return jnp.mean(per_anchor)
@@ -246,7 +279,8 @@ def _straight_through(value: jnp.ndarray, x: jnp.ndarray, grad: jnp.ndarray) -> 
 def triplet_margin_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jnp.ndarray | None = None,
                         ref_labels: jnp.ndarray | None = None, *, pair_mask: jnp.ndarray | None = None,
                         triplets: TripletSelection | None = None, margin: float = 0.05, swap: bool = False,
-                        smooth_loss: bool = False, triplets_per_anchor: str = "all") -> jnp.ndarray:
+                        smooth_loss: bool = False, triplets_per_anchor: str = "all",
+                        normalize: Normalize = "l2") -> jnp.ndarray:
     """Triplet margin loss (PML ``TripletMarginLoss`` with ``LpDistance`` and ``AvgNonZeroReducer``).
 
     Over every triplet (a, p, n) (restricted by ``pair_mask`` and the mined selection ``triplets``):
@@ -265,7 +299,7 @@ def triplet_margin_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embedd
     if swap and ref_embeddings is not None:
         raise ValueError("swap=True needs distances between reference items; it is not defined with a reference set")
     pos, neg = pair_masks(labels, ref_labels, pair_mask)
-    d = _lp_distances(embeddings, ref_embeddings)
+    d = _lp_distances(embeddings, ref_embeddings, normalize)
     if not (swap or smooth_loss):  # active: d_ap - d_an + margin > 0, i.e. d_an - d_ap < margin
         lower, upper = (None, None) if triplets is None else triplets.bounds()
         k, c = _triplet_counts(d, pos, neg, lower, _tighter(upper, (float(margin), False), upper=True))
@@ -335,7 +369,8 @@ def margin_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jn
                 ref_labels: jnp.ndarray | None = None, *, pair_mask: jnp.ndarray | None = None,
                 triplets: TripletSelection | None = None, margin: float = 0.2, nu: float = 0.0,
                 beta: float | jnp.ndarray = 1.2, triplets_per_anchor: str = "all", learn_beta: bool = False,
-                num_classes: int | None = None) -> jnp.ndarray:
+                num_classes: int | None = None,
+                normalize: Normalize = "l2") -> jnp.ndarray:
     """Margin loss (Wu et al. 2017; PML ``MarginLoss`` with ``LpDistance`` and ``DivisorReducer``).
 
     Over every triplet (a, p, n): [d(a, p) - β + margin]+ + [β - d(a, n) + margin]+, summed and divided by the
@@ -351,7 +386,7 @@ def margin_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jn
     if triplets_per_anchor != "all":
         raise ValueError("margin_loss supports triplets_per_anchor='all' only (mine triplets instead)")
     pos, neg = pair_masks(labels, ref_labels, pair_mask)
-    d = _lp_distances(embeddings, ref_embeddings)
+    d = _lp_distances(embeddings, ref_embeddings, normalize)
     beta = jnp.asarray(beta, d.dtype)
     if not learn_beta:
         beta = jax.lax.stop_gradient(beta)
@@ -383,7 +418,8 @@ def margin_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jn
 
 def lifted_structure_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jnp.ndarray | None = None,
                           ref_labels: jnp.ndarray | None = None, *, pair_mask: jnp.ndarray | None = None,
-                          neg_margin: float = 1.0, pos_margin: float = 0.0) -> jnp.ndarray:
+                          neg_margin: float = 1.0, pos_margin: float = 0.0,
+                          normalize: Normalize = "l2") -> jnp.ndarray:
     """Lifted structure loss (Oh Song et al. 2016; PML ``LiftedStructureLoss``, LpDistance, mean reducer).
 
     For each positive pair (a, p): 1/2 [log(sum_{n in N(a) ∪ N(p)} exp(neg_margin - d)) + d(a, p) - pos_margin]+²,
@@ -393,7 +429,7 @@ def lifted_structure_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embe
     batch indices there, which mixes unrelated items).
     """
     pos, neg = pair_masks(labels, ref_labels, pair_mask)
-    d = _lp_distances(embeddings, ref_embeddings)
+    d = _lp_distances(embeddings, ref_embeddings, normalize)
     scores = neg_margin - d  # in [neg_margin - 2, neg_margin]: exp is safe after shifting by the max
     top = jax.lax.stop_gradient(jnp.max(jnp.where(neg, scores, -jnp.inf)))
     top = jnp.where(jnp.isfinite(top), top, 0.0)
@@ -409,14 +445,15 @@ def lifted_structure_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embe
 def generalized_lifted_structure_loss(embeddings: jnp.ndarray, labels: jnp.ndarray,
                                       ref_embeddings: jnp.ndarray | None = None,
                                       ref_labels: jnp.ndarray | None = None, *, pair_mask: jnp.ndarray | None = None,
-                                      neg_margin: float = 1.0, pos_margin: float = 0.0) -> jnp.ndarray:
+                                      neg_margin: float = 1.0, pos_margin: float = 0.0,
+                                      normalize: Normalize = "l2") -> jnp.ndarray:
     """Generalised lifted structure loss (Hermans et al. 2017; PML ``GeneralizedLiftedStructureLoss``).
 
     Per anchor: [log sum_pos exp(d - pos_margin) + log sum_neg exp(neg_margin - d)]+ (an empty sum's log is 0),
     averaged over all anchors.
     """
     pos, neg = pair_masks(labels, ref_labels, pair_mask)
-    d = _lp_distances(embeddings, ref_embeddings)
+    d = _lp_distances(embeddings, ref_embeddings, normalize)
     per_anchor = jax.nn.relu(_masked_logsumexp(d - pos_margin, pos) + _masked_logsumexp(neg_margin - d, neg))
     return _generic_pair_guard(jnp.mean(per_anchor), pos, neg)
 
@@ -457,14 +494,15 @@ def n_pairs_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: j
 
 def circle_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jnp.ndarray | None = None,
                 ref_labels: jnp.ndarray | None = None, *, pair_mask: jnp.ndarray | None = None,
-                m: float = 0.4, gamma: float = 80.0) -> jnp.ndarray:
+                m: float = 0.4, gamma: float = 80.0,
+                normalize: Normalize = "l2") -> jnp.ndarray:
     """Circle loss (Sun et al. 2020; PML ``CircleLoss``, cosine similarity, ``AvgNonZeroReducer``).
 
     Per anchor: softplus(logsumexp_pos(-γ [1 + m - s]+ (s - (1 - m))) + logsumexp_neg(γ [s + m]+ (s - m))), the
     weights [·]+ gradient-stopped; anchors without a positive or a negative count 0; mean over non-zero anchors.
     """
     pos, neg = pair_masks(labels, ref_labels, pair_mask)
-    s = cosine_similarities(embeddings, ref_embeddings)
+    s = _similarities(embeddings, ref_embeddings, normalize)
     s_fixed = jax.lax.stop_gradient(s)
     pos_logits = -gamma * jax.nn.relu(1 + m - s_fixed) * (s - (1 - m))
     neg_logits = gamma * jax.nn.relu(s_fixed + m) * (s - m)
@@ -478,14 +516,15 @@ def circle_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jn
 
 def supcon_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jnp.ndarray | None = None,
                 ref_labels: jnp.ndarray | None = None, *, pair_mask: jnp.ndarray | None = None,
-                temperature: float = 0.1) -> jnp.ndarray:
+                temperature: float = 0.1,
+                normalize: Normalize = "l2") -> jnp.ndarray:
     """Supervised contrastive loss (Khosla et al. 2020; PML ``SupConLoss``, cosine similarity).
 
     Per anchor: -mean_pos log(exp(s_ap / T) / sum_{pos ∪ neg} exp(s / T)); mean over the anchors whose loss is
     > 0; 0 unless the batch has a positive and a negative pair.
     """
     pos, neg = pair_masks(labels, ref_labels, pair_mask)
-    logits = cosine_similarities(embeddings, ref_embeddings) / temperature
+    logits = _similarities(embeddings, ref_embeddings, normalize) / temperature
     log_prob = logits - _masked_logsumexp(logits, pos | neg)[:, None]
     n_pos = jnp.sum(pos, axis=1)
     per_anchor = -jnp.sum(jnp.where(pos, log_prob, 0.0), axis=1) / jnp.maximum(n_pos, 1)
@@ -495,7 +534,8 @@ def supcon_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jn
 
 def ntxent_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jnp.ndarray | None = None,
                 ref_labels: jnp.ndarray | None = None, *, pair_mask: jnp.ndarray | None = None,
-                temperature: float = 0.07) -> jnp.ndarray:
+                temperature: float = 0.07,
+                normalize: Normalize = "l2") -> jnp.ndarray:
     """NT-Xent / InfoNCE (Chen et al. 2020; PML ``NTXentLoss``, cosine similarity).
 
     Per positive pair (a, p): -log(exp(s_ap / T) / (exp(s_ap / T) + sum_{n in N(a)} exp(s_an / T))), averaged over
@@ -503,7 +543,7 @@ def ntxent_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, ref_embeddings: jn
     float inside the log; that changes nothing above ~1e-300.)
     """
     pos, neg = pair_masks(labels, ref_labels, pair_mask)
-    logits = cosine_similarities(embeddings, ref_embeddings) / temperature
+    logits = _similarities(embeddings, ref_embeddings, normalize) / temperature
     neg_lse = _masked_logsumexp(logits, neg)
     has_neg = jnp.any(neg, axis=1)[:, None]
     denominator = jnp.where(has_neg, jnp.logaddexp(logits, neg_lse[:, None]), logits)

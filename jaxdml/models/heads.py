@@ -1,4 +1,9 @@
-"""Embedding heads: feature map (B, H, W, C) -> {"embedding": unit vectors (B, D), ...}."""
+"""Embedding heads: feature map (B, H, W, C) -> {"embedding": (B, D), "raw_embedding": (B, D), ...}.
+
+``embedding`` is normalised as ``embedding_norm`` says: ``"l2"`` (unit vectors, MLRC and PML) or ``"lipschitz"``
+(``v / max(1, ||v||)``: the GSP/CCP TensorFlow framework's normalisation, used by its losses and its evaluation);
+``raw_embedding`` is the vector before it (CCP draws its proxies from these, as the release does).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdml.layers import greedy_k_center, gsp_weights, l2_normalize, pool
+from jaxdml.layers import greedy_k_center, gsp_weights, l2_normalize, lipschitz_normalize, pool
+
+# model.embedding_norm -> the normalisation of the heads' output; the one list of valid names.
+EMBEDDING_NORMS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {"l2": l2_normalize,
+                                                                    "lipschitz": lipschitz_normalize}
 
 
 class EmbeddingHead(nn.Module):
-    """Pooling (``gap`` | ``gmp`` | ``gap+gmp``), a linear projection and L2 normalisation.
+    """Pooling (``gap`` | ``gmp`` | ``gap+gmp``), a linear projection and normalisation (``embedding_norm``).
 
     Pooling and normalisation run in float32 whatever the compute dtype, so the embeddings that the
     losses and the retrieval metrics see are full precision.
@@ -21,6 +30,7 @@ class EmbeddingHead(nn.Module):
 
     embedding_dim: int
     pooling: str = "gap"
+    embedding_norm: str = "l2"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -28,7 +38,8 @@ class EmbeddingHead(nn.Module):
         del train
         pooled = pool(features.astype(jnp.float32), self.pooling)
         embedding = nn.Dense(self.embedding_dim, dtype=self.dtype, name="projection")(pooled.astype(self.dtype))
-        return {"embedding": l2_normalize(embedding.astype(jnp.float32))}
+        raw = embedding.astype(jnp.float32)
+        return {"embedding": EMBEDDING_NORMS[self.embedding_norm](raw), "raw_embedding": raw}
 
 
 class GSPHead(nn.Module):
@@ -52,6 +63,7 @@ class GSPHead(nn.Module):
     augment_max_pool: bool = False
     gem: bool = False
     prototype_init: Callable[..., jnp.ndarray] = nn.initializers.he_normal()
+    embedding_norm: str = "l2"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -90,7 +102,8 @@ class GSPHead(nn.Module):
             count.value = jnp.where(ready.value, count.value, count.value + b)
         if self.augment_max_pool:
             pooled = pooled + jnp.max(x, axis=1)
-        outputs = {"embedding": l2_normalize(pooled), "attributes": attributes}
+        outputs = {"embedding": EMBEDDING_NORMS[self.embedding_norm](pooled), "raw_embedding": pooled,
+                   "attributes": attributes}
         if return_plan:
             outputs["plan"] = plan.reshape((b, k, *features.shape[1:-1]))
         return outputs

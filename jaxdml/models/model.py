@@ -68,7 +68,8 @@ def has_refresh(model: Model) -> bool:
 def build_head(model_cfg: ml_collections.ConfigDict, dtype: Any) -> nn.Module:
     """The embedding head of ``model_cfg.pooling`` (GSP settings by keyword from ``model_cfg.gsp``)."""
     if model_cfg.pooling != "gsp":
-        return EmbeddingHead(embedding_dim=model_cfg.embedding_dim, pooling=model_cfg.pooling, dtype=dtype)
+        return EmbeddingHead(embedding_dim=model_cfg.embedding_dim, pooling=model_cfg.pooling,
+                             embedding_norm=model_cfg.embedding_norm, dtype=dtype)
     g = model_cfg.gsp.to_dict()
     prototypes_file = g.pop("prototypes_file")
     if prototypes_file:
@@ -77,7 +78,7 @@ def build_head(model_cfg: ml_collections.ConfigDict, dtype: Any) -> nn.Module:
             raise ValueError(f"model.gsp.prototypes_file holds shape {given.shape}; expected "
                              f"({g['num_prototypes']}, {model_cfg.embedding_dim}) = (num_prototypes, embedding_dim)")
         g.update(prototype_init=lambda *_: jnp.asarray(given), memory_size=0)
-    return GSPHead(embedding_dim=model_cfg.embedding_dim, dtype=dtype, **g)
+    return GSPHead(embedding_dim=model_cfg.embedding_dim, embedding_norm=model_cfg.embedding_norm, dtype=dtype, **g)
 
 
 # model.compute_dtype -> dtype of activations (parameters stay float32); the one list of valid names.

@@ -45,14 +45,20 @@ def model_variables(params: dict[str, Any], model_state: dict[str, Any]) -> dict
 InitFn = Callable[[], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]  # () -> (params, model_state, loss_state)
 
 
-def create_state(init_fn: InitFn, tx: optax.GradientTransformation, mesh: Mesh) -> tuple[TrainState, Any]:
-    """The initial state, created on the devices and replicated over ``mesh``, and its sharding."""
+ExtraFn = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]  # (params, model_state) -> hook-owned arrays
+
+
+def create_state(init_fn: InitFn, tx: optax.GradientTransformation, mesh: Mesh, extra_fn: ExtraFn | None = None
+                 ) -> tuple[TrainState, Any]:
+    """The initial state, created on the devices and replicated over ``mesh``, and its sharding. ``extra_fn``
+    gives the initial hook-owned arrays (``TrainState.extra``) from the initial parameters."""
 
     def create() -> TrainState:
         params, model_state, loss_state = init_fn()
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                           loss_state=loss_state, opt_state=tx.init(params),
-                          nonfinite_step=jnp.full((), -1, jnp.int32))
+                          nonfinite_step=jnp.full((), -1, jnp.int32),
+                          extra=extra_fn(params, model_state) if extra_fn is not None else {})
 
     replicated = NamedSharding(mesh, PartitionSpec())
     sharding = jax.tree.map(lambda _: replicated, jax.eval_shape(create))

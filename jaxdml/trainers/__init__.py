@@ -15,12 +15,14 @@ from jaxdml.config import suggest, validate
 from jaxdml.errors import ConfigError
 from jaxdml.eval import EVALUATORS
 from jaxdml.trainers.base import Procedure, Trainer, TrainingSetup, setup_training
+from jaxdml.trainers.ccp import CCPTrainer, ccp_procedure
 from jaxdml.trainers.distillation import DistillationTrainer, distillation_procedure
 from jaxdml.trainers.metric_learning import MetricLearningTrainer, metric_learning_procedure
 from jaxdml.trainers.workdir import RESUME_SAFE_KEYS, Resume
 
 # config.trainer -> trainer class; the one list of valid names.
-TRAINERS: dict[str, type[Trainer]] = {"metric_learning": MetricLearningTrainer, "distillation": DistillationTrainer}
+TRAINERS: dict[str, type[Trainer]] = {"metric_learning": MetricLearningTrainer, "distillation": DistillationTrainer,
+                                      "ccp": CCPTrainer}
 
 
 def resolve_config(cfg: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, type[Trainer]]:
@@ -53,6 +55,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path, *, r
     return create_trainer(cfg, workdir, resume=resume).run()
 
 
-__all__ = ["RESUME_SAFE_KEYS", "TRAINERS", "DistillationTrainer", "MetricLearningTrainer", "Procedure", "Resume",
-           "Trainer", "TrainingSetup", "create_trainer", "distillation_procedure", "metric_learning_procedure",
-           "resolve_config", "setup_training", "train_and_evaluate"]
+__all__ = ["RESUME_SAFE_KEYS", "TRAINERS", "CCPTrainer", "DistillationTrainer", "MetricLearningTrainer", "Procedure",
+           "Resume", "Trainer", "TrainingSetup", "ccp_procedure", "create_trainer", "distillation_procedure",
+           "metric_learning_procedure", "resolve_config", "setup_training", "train_and_evaluate"]

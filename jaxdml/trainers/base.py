@@ -32,7 +32,7 @@ from jaxdml.train import hooks as hk
 from jaxdml.train.checkpoint import Checkpointer, CorruptCheckpointError, abstract_like
 from jaxdml.train.loop import Hook, Loop, prefetch
 from jaxdml.train.optim import make_optimizer
-from jaxdml.train.state import InitFn, TrainState, create_mesh, create_state
+from jaxdml.train.state import ExtraFn, InitFn, TrainState, create_mesh, create_state
 from jaxdml.train.step import LossFn, batch_sharding, make_predict_step, make_train_step
 from jaxdml.train.writers import MetricWriter, NullWriter
 from jaxdml.trainers.workdir import Resume, RunRecord, check_writable, parse_fork, saved_steps
@@ -49,6 +49,7 @@ class Procedure:
     loss_fn: LossFn
     frozen: Any = None  # arrays the step reads but never optimises nor checkpoints (a teacher, its artefacts)
     post_update: Callable[..., Any] | None = None  # (params, model_state) -> (params, model_state) after each update
+    extra_fn: ExtraFn | None = None  # (params, model_state) -> the initial arrays the procedure's hooks own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,7 @@ def setup_training(cfg: ml_collections.ConfigDict, procedure: Procedure, mesh: M
     params, model_state, _ = jax.eval_shape(procedure.init_fn)
     tx = make_optimizer(cfg.optim, cfg.train.num_steps, params, model_state.get("batch_stats", {}),
                         cfg.model.freeze_bn)
-    state, sharding = create_state(procedure.init_fn, tx, mesh)
+    state, sharding = create_state(procedure.init_fn, tx, mesh, procedure.extra_fn)
     step = make_train_step(procedure.model, procedure.loss_fn, tx, mesh, sharding, frozen=procedure.frozen,
                            post_update=procedure.post_update)
     return TrainingSetup(procedure.model, state, sharding, tx, step, mesh)
@@ -131,6 +132,7 @@ class Trainer:
         self.num_classes = num_classes(self.data.train)
 
         setup = setup_training(cfg, self.build(), self.mesh)
+        self.setup = setup
         self.model, self.state_sharding = setup.model, setup.state_sharding
         evaluator = EVALUATORS[cfg.eval.evaluator]
         self.evaluator = evaluator(cfg, setup.predict(evaluator.output), self.mesh)
