@@ -120,11 +120,16 @@ class RetrievalEvaluator(Evaluator):
         start = time.perf_counter()
         q = self.outputs(state, query)
         r = self.outputs(state, reference) if reference is not None else None
-        metrics = retrieval_metrics(q.values, q.labels, r and r.values, r and r.labels, ks=tuple(self.cfg.eval.ks),
-                                    clustering=self.cfg.eval.clustering, seed=self.cfg.seed, mesh=self.mesh,
-                                    query_valid=q.valid, reference_valid=r and r.valid)
+        metrics = self.score(q, r)
         metrics["eval_seconds"] = time.perf_counter() - start
         return metrics
+
+    def score(self, query: Outputs, reference: Outputs | None = None) -> dict[str, float]:
+        """The metrics of given embeddings (e.g. several models' outputs concatenated)."""
+        r = reference
+        return retrieval_metrics(query.values, query.labels, r and r.values, r and r.labels,
+                                 ks=tuple(self.cfg.eval.ks), clustering=self.cfg.eval.clustering, seed=self.cfg.seed,
+                                 mesh=self.mesh, query_valid=query.valid, reference_valid=r and r.valid)
 
 
 class AccuracyEvaluator(Evaluator):

@@ -17,6 +17,7 @@ from jaxdml.eval import EVALUATORS
 from jaxdml.trainers.base import Procedure, Trainer, TrainingSetup, setup_training
 from jaxdml.trainers.ccp import CCPTrainer, ccp_procedure
 from jaxdml.trainers.distillation import DistillationTrainer, distillation_procedure
+from jaxdml.trainers.folds import FoldProtocol, fold_workdir
 from jaxdml.trainers.metric_learning import MetricLearningTrainer, metric_learning_procedure
 from jaxdml.trainers.workdir import RESUME_SAFE_KEYS, Resume
 
@@ -51,10 +52,19 @@ def create_trainer(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resum
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: Resume | None = None
                        ) -> dict[str, Any]:
-    """Trains ``cfg`` in ``workdir`` (resuming if it holds checkpoints of the same run); returns the summary."""
-    return create_trainer(cfg, workdir, resume=resume).run()
+    """Trains ``cfg`` in ``workdir`` (resuming if it holds checkpoints of the same run); returns the summary.
+
+    With ``data.folds`` the workdir holds one run per fold and their joint evaluation (:class:`FoldProtocol`)."""
+    cfg, trainer = resolve_config(cfg)
+    if cfg.data.folds:
+        return FoldProtocol(cfg, workdir, trainer, resume).run()
+    if fold_workdir(workdir, 0).exists():
+        raise ConfigError(f"--workdir {workdir} holds a fold protocol ({fold_workdir(workdir, 0).name}/ ...); a "
+                          f"single run (data.folds=0) needs a workdir of its own.")
+    return trainer(cfg, workdir, resume=resume).run()
 
 
-__all__ = ["RESUME_SAFE_KEYS", "TRAINERS", "CCPTrainer", "DistillationTrainer", "MetricLearningTrainer", "Procedure",
-           "Resume", "Trainer", "TrainingSetup", "ccp_procedure", "create_trainer", "distillation_procedure",
-           "metric_learning_procedure", "resolve_config", "setup_training", "train_and_evaluate"]
+__all__ = ["RESUME_SAFE_KEYS", "TRAINERS", "CCPTrainer", "DistillationTrainer", "FoldProtocol", "MetricLearningTrainer",
+           "Procedure", "Resume", "Trainer", "TrainingSetup", "ccp_procedure", "create_trainer",
+           "distillation_procedure", "metric_learning_procedure", "resolve_config", "setup_training",
+           "train_and_evaluate"]
