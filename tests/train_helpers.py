@@ -24,8 +24,11 @@ def tiny_config(**overrides):
 
     cfg = load_config_file(DIGIT_PAIRS)
     for key, value in {**TINY, **overrides}.items():
-        section, name = key.split(".")
-        setattr(cfg[section], name, value)
+        *parents, name = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        setattr(node, name, value)
     return cfg
 
 
