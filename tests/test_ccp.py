@@ -41,8 +41,10 @@ def test_proximal_gradient_is_lambda_times_the_distance_on_network_weights_and_z
     cfg, _ = resolve_config(ccp_config())
     procedure = ccp_procedure(cfg, num_classes=5)
     params, model_state, _ = jax.jit(procedure.init_fn)()
-    anchor = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), network(params))
-    images = jax.random.randint(jax.random.key(2), (8, 16, 16, 3), 0, 255).astype(jnp.uint8)
+    rng = np.random.default_rng(1)
+    anchor = jax.tree.map(lambda p: np.asarray(p) + 0.1 * rng.normal(size=p.shape).astype(np.float32),
+                          network(params))
+    images = rng.integers(0, 255, (8, 16, 16, 3)).astype(np.uint8)
     batch = {"images": images, "labels": jnp.asarray([0, 0, 1, 1, 2, 2, 3, 3])}
 
     @jax.jit
@@ -58,10 +60,11 @@ def test_proximal_gradient_is_lambda_times_the_distance_on_network_weights_and_z
 
     lam = 0.5  # large enough that the term stands well above the rounding of the base loss's gradient
     with_term, without = grads(jnp.float32(lam)), grads(jnp.float32(0.0))
+    with_term, without, params = jax.device_get((with_term, without, params))  # NumPy from here on
     difference = jax.tree.map(lambda a, b: a - b, with_term, without)
-    expected = jax.tree.map(lambda p, a: lam * (p - a), network(params), anchor)
+    expected = jax.tree.map(lambda p, a: np.float32(lam) * (p - a), network(params), anchor)
     jax.tree.map(lambda d, e: np.testing.assert_allclose(d, e, rtol=1e-4, atol=1e-8), network(difference), expected)
-    assert any(float(jnp.max(jnp.abs(e))) > 1e-7 for e in jax.tree.leaves(expected)), "a term worth testing"
+    assert all(np.abs(e).max() > 1e-3 for e in jax.tree.leaves(expected)), "a term worth testing"
     np.testing.assert_array_equal(difference["loss"]["proxies"], 0.0)
 
 
