@@ -1,7 +1,7 @@
 """Reruns every embedded-data experiment quoted in README.md and in experiment docstrings; prints the tables.
 
     python benchmarks/embedded_results.py [--workdir runs/embedded_results] [--seeds 0 1 2]
-        [--only digit_pairs collage distill] [--jobs 1] [--extra=--config.train.num_steps=4 ...]
+        [--only digit_pairs collage distill ccp] [--jobs 1] [--extra=--config.train.num_steps=4 ...]
 
 Runs, each as ``python -m jaxdml.main`` in its own workdir ``<workdir>/<group>/seed<k>/<name>`` (stdout and
 stderr in ``run.log`` there; reruns resume, and finished runs are only re-evaluated):
@@ -9,7 +9,8 @@ stderr in ``run.log`` there; reruns resume, and finished runs are only re-evalua
 * ``digit_pairs``: experiments/digit_pairs.py (about 3 min per seed on 2 CPU cores);
 * ``collage``: experiments/gap_digits_collage.py and gsp_digits_collage.py (3-4.5 min each);
 * ``distill``: experiments/kd_digits_teacher.py, then kd_digits_student.py:none|kd|letkd|template, kd and
-  letkd distilling from the same seed's teacher (5-6 min per seed).
+  letkd distilling from the same seed's teacher (5-6 min per seed);
+* ``ccp``: experiments/ccp_digits.py:plain and :ccp, each four folds (MLRC protocol) and their concatenation.
 
 About 50 minutes for seeds 0 1 2 with ``--jobs 1`` on 2 CPU cores (54 min at d9073a8; ``--jobs 1`` is the
 honest setting for the wall times: parallel runs share the cores). Prints the commit measured
@@ -42,6 +43,7 @@ GROUPS: dict[str, list[tuple[str, str, str | None]]] = {
     "collage": [("gap", "experiments/gap_digits_collage.py", None), ("gsp", "experiments/gsp_digits_collage.py", None)],
     "distill": [("teacher", "experiments/kd_digits_teacher.py", None)]
     + [(m, f"experiments/kd_digits_student.py:{m}", "teacher" if m in ("kd", "letkd") else None) for m in STUDENTS],
+    "ccp": [("plain", "experiments/ccp_digits.py:plain", None), ("ccp", "experiments/ccp_digits.py:ccp", None)],
 }
 RETRIEVAL = (("precision_at_1", "P@1"), ("map_at_r", "MAP@R"), ("r_precision", "R-precision"))
 
@@ -107,7 +109,7 @@ def duration(seconds: float) -> str:
 def start(run: Run, root: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], float, bool]:
     workdir = run.workdir(root)
     workdir.mkdir(parents=True, exist_ok=True)
-    resumed = (workdir / "checkpoints").exists()
+    resumed = (workdir / "checkpoints").exists() or (workdir / "fold_0" / "checkpoints").exists()
     (workdir / "summary.json").unlink(missing_ok=True)  # the numbers must come from this invocation
     command = [sys.executable, "-m", "jaxdml.main", f"--config={run.config}", f"--workdir={workdir}",
                f"--config.seed={run.seed}", "--config.train.progress_bar=False"]
@@ -141,8 +143,11 @@ def run_all(runs: list[Run], root: Path, extra: list[str], jobs: int, out: Print
                     out("\n".join("    " + line for line in tail))
                     raise SystemExit(1)
                 finished.add((run.group, run.seed, run.name))
+                config = workdir / "config.json"
+                if not config.exists():  # a fold protocol: one run per fold, the first fold's config
+                    config = workdir / "fold_0" / "config.json"
                 done[run] = Result(json.loads((workdir / "summary.json").read_text()),
-                                   json.loads((workdir / "config.json").read_text()), wall, resumed)
+                                   json.loads(config.read_text()), wall, resumed)
                 out(f"[{len(done)}/{len(runs)}] {run}: {duration(wall)} ({wall:.1f} s"
                     f"{', resumed: not a full training time' if resumed else ''})")
             time.sleep(0.2)
@@ -238,6 +243,43 @@ def distill_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer)
     out(f"    (mean over seeds {' / '.join(map(str, seeds))}; per seed {' / '.join(f'{g:+.2f}' for g in gains)})")
 
 
+def fold_rounds(workdir: Path) -> list[int]:
+    """The last CCP round of each fold's run, from its metrics.jsonl."""
+    rounds = []
+    for fold in sorted(workdir.glob("fold_*")):
+        records = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines()]
+        rounds.append(max((r["round"] for r in records if r["split"] == "ccp"), default=0))
+    return rounds
+
+
+def ccp_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer, root: Path) -> None:
+    plain, ccp = res["plain"], res["ccp"]
+    dim, joint = plain[0].summary["embedding_dim"], plain[0].summary["concatenated_dim"]
+    folds = len(plain[0].summary["folds"])
+    out(f"README, CCP on the embedded digits ({folds} folds; test classes; seeds {' / '.join(map(str, seeds))}, "
+        f"mean ± std):\n")
+    out(f"| | {dim}-d models (mean of {folds}): P@1 | MAP@R | R-precision | concatenated {joint}-d: P@1 | MAP@R | "
+        f"R-precision |\n|---|---|---|---|---|---|---|")
+    for label, runs in (("C2", plain), ("C2-CCP", ccp)):
+        cells = [stats([r.summary[part][m] for r in runs]) for part in ("mean", "concatenated") for m, _ in RETRIEVAL]
+        out(f"| {label} | " + " | ".join(cells) + " |")
+    for part in ("mean", "concatenated"):
+        diffs = [100 * (c.summary[part]["map_at_r"] - p.summary[part]["map_at_r"]) for c, p in zip(ccp, plain)]
+        ahead = sum(d > 0 for d in diffs)
+        shown = ", ".join(f"{d:+.2f}" for d in diffs)
+        out(f"\nCCP ahead on MAP@R ({part}) on {ahead} of {len(diffs)} seeds ({shown}).")
+    rounds = [fold_rounds(root / "ccp" / f"seed{s}" / "ccp") for s in seeds]
+    out(f"Rounds reached per fold (seed: folds): {'; '.join(f'{s}: {r}' for s, r in zip(seeds, rounds))}.")
+    best = {label: statistics.fmean(f["best_step"] for r in runs for f in r.summary["folds"])
+            for label, runs in (("C2", plain), ("C2-CCP", ccp))}
+    out(f"Mean best step per fold: C2 {best['C2']:.0f}, C2-CCP {best['C2-CCP']:.0f}.")
+    out("\nexperiments/ccp_digits.py docstring (mean +- std over the seeds; P@1 / MAP@R / R-precision):")
+    for label, runs in (("plain", plain), ("ccp", ccp)):
+        cells = [" / ".join(stats([r.summary[part][m] for r in runs]) for m, _ in RETRIEVAL)
+                 for part in ("mean", "concatenated")]
+        out(f"    {label:<6} {dim}-d models: {cells[0]}   concatenated: {cells[1]}".replace("±", "+-"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("runs/embedded_results"))
@@ -261,7 +303,8 @@ def main() -> int:
         for seed in args.seeds:
             total = sum(result.wall_s for run, result in done.items() if (run.group, run.seed) == (group, seed))
             out(f"    {group} seed {seed}: {duration(total)}")
-    tables = {"digit_pairs": digit_pairs_tables, "collage": collage_tables, "distill": distill_tables}
+    tables = {"digit_pairs": digit_pairs_tables, "collage": collage_tables, "distill": distill_tables,
+              "ccp": lambda res, seeds, printer: ccp_tables(res, seeds, printer, root)}
     for group in args.only:
         out()
         by_name = {name: [done[r] for r in runs if (r.group, r.name) == (group, name)] for name, _, _ in GROUPS[group]}

@@ -164,7 +164,7 @@ BAD = [
     ({"loss.name": "n_pairs", "loss.kwargs": {}, "loss.xbm.batches": 2}, "loss.xbm.batches=0"),
     # loss and miner hyper-parameters, against the functions' signatures
     ({"loss.kwargs.nonsense": 1}, "loss.kwargs.nonsense: loss 'contrastive' has no hyper-parameter 'nonsense'. Its "
-                                  "hyper-parameters: pos_margin, neg_margin, distance, reduction."),
+                                  "hyper-parameters: pos_margin, neg_margin, distance, reduction, normalize."),
     ({"loss.kwargs.pos_margn": 0.1}, "Did you mean: pos_margin"),
     ({"loss.kwargs.pos_margin": "a"}, "loss.kwargs.pos_margin='a' must be a finite number"),
     ({"loss.kwargs.pos_margin": math.nan}, "loss.kwargs.pos_margin=nan"),
