@@ -56,9 +56,13 @@ def step_seconds(variant: str, args: argparse.Namespace) -> float:
     setup = setup_training(cfg, build(cfg, args.classes), mesh)
     state = setup.state
     if variant.endswith("_ccp"):  # a later round: lambda > 0 and theta_bar != theta
-        extra = dict(state.extra["ccp"], lam=jnp.float32(cfg.ccp.proximal),
-                     anchor=jax.tree.map(lambda x: x + 1e-3, state.extra["ccp"]["anchor"]))
-        state = jax.device_put(state.replace(extra={"ccp": extra}), setup.state_sharding)
+
+        def later_round(state):
+            extra = dict(state.extra["ccp"], lam=jnp.float32(cfg.ccp.proximal),
+                         anchor=jax.tree.map(lambda x: x + 1e-3, state.extra["ccp"]["anchor"]))
+            return state.replace(extra={"ccp": extra})
+
+        state = jax.jit(later_round, out_shardings=setup.state_sharding)(state)
     b = cfg.train.batch_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (b, args.image_size, args.image_size, 3), np.uint8)

@@ -10,10 +10,11 @@ stderr in ``run.log`` there; reruns resume, and finished runs are only re-evalua
 * ``collage``: experiments/gap_digits_collage.py and gsp_digits_collage.py (3-4.5 min each);
 * ``distill``: experiments/kd_digits_teacher.py, then kd_digits_student.py:none|kd|letkd|template, kd and
   letkd distilling from the same seed's teacher (5-6 min per seed);
-* ``ccp``: experiments/ccp_digits.py:plain and :ccp, each four folds (MLRC protocol) and their concatenation.
+* ``ccp``: experiments/ccp_digits.py:plain and :ccp, each four folds (MLRC protocol) and their concatenation
+  (about 8 min per run; 49 min for seeds 0 1 2 at d0ea5f7).
 
-About 50 minutes for seeds 0 1 2 with ``--jobs 1`` on 2 CPU cores (54 min at d9073a8; ``--jobs 1`` is the
-honest setting for the wall times: parallel runs share the cores). Prints the commit measured
+About 50 minutes for seeds 0 1 2 of the first three groups with ``--jobs 1`` on 2 CPU cores (54 min at d9073a8;
+``--jobs 1`` is the honest setting for the wall times: parallel runs share the cores). Prints the commit measured
 (``git rev-parse --short HEAD``, plus "(uncommitted changes)" when tracked files under jaxdml/, kernels/ or
 experiments/ differ from it) at the start and at the end, each run's wall time, then the README tables (mean ±
 sample std over the seeds, in %) and the per-seed lines of the experiment docstrings. Everything printed also

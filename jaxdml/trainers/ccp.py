@@ -191,20 +191,20 @@ class ProxyRounds(Hook):
             values = multihost_utils.process_allgather(values, tiled=True)
         return np.asarray(values)[:indices.size].reshape(self.num_classes, self.pool, -1)
 
-    def repick(self, state: TrainState, round_index: int, lam: float) -> TrainState:
+    def repick(self, state: TrainState, round_index: int, lam: float, *, zero_seeds: bool = False) -> TrainState:
         """The state with each class's proxies re-picked from round ``round_index``'s pool (seeded with the best
-        proxies), theta_bar <- the best weights and lambda <- ``lam``."""
+        proxies, or the zero vector), theta_bar <- the best weights and lambda <- ``lam``."""
         pool = self.pool_embeddings(state, round_index)
-        seeds = ccp_math.by_class(jnp.asarray(np.asarray(jax.device_get(
-            state.extra[EXTRA]["best_proxies"].addressable_data(0)))), self.per_class)
+        best = np.asarray(jax.device_get(state.extra[EXTRA]["best_proxies"].addressable_data(0)))
+        seeds = ccp_math.by_class(jnp.asarray(np.zeros_like(best) if zero_seeds else best), self.per_class)
         proxies = np.asarray(ccp_math.flat(ccp_math.pick_proxies(jnp.asarray(pool), seeds)))
         return self._start_round(state, _replicated(self.mesh, proxies), _replicated(self.mesh, np.float32(lam)))
 
     def before_train(self, loop: Loop) -> None:
         if self.initialised:
             return
-        # The first proxies: k-center seeded with the zero vector (best_proxies starts at zero); lambda stays 0.
-        loop.state = self.repick(loop.state, 0, 0.0)
+        # The first proxies: k-center seeded with the zero vector; lambda 0 (also for a run forked from another).
+        loop.state = self.repick(loop.state, 0, 0.0, zero_seeds=True)
         self.initialised = True
         loop.echo(f"ccp: round 0, {self.per_class} proxies per class picked from {self.pool} embeddings each")
 
