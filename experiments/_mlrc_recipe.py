@@ -10,7 +10,8 @@ aspect 3/4-4/3) and flips, test images resized to 256 and centre-cropped to 227;
 Embeddings are Lipschitz-normalised (v / max(1, |v|)) for the losses and the evaluation, as in the release.
 
 Variants (``experiments/ccp_<dataset>.py:<variant>``): ``c1``, ``c2``, ``ms``, ``triplet`` (plain), each also
-``<loss>_xbm`` (a cross-batch memory of the supplement's L size from step 1,000) and ``<loss>_ccp`` (trainer
+``<loss>_xbm`` (a cross-batch memory of the supplement's L size from step 1,000; ``<loss>_xbm_s``: its S size)
+and ``<loss>_ccp`` (trainer
 ``ccp``: M proxies per class, 0.1 * L(batch) + 1.0 * L(batch, proxies), proximal lambda 2e-4 from round 2,
 re-pick after 3 validations without a gain from pools of b embeddings per class); and ``proxy_anchor``,
 ``proxy_nca_pp``, ``soft_triple`` (one image per class per batch, proxies at 100x the learning rate, a one-epoch
@@ -27,24 +28,24 @@ Where the sources differ, this follows the supplement and says so:
 
 from jaxdml.config import default_config
 
-# dataset: (CCP proxies per class M, pool b, validation period, XBM L batches, Recall@K, loss settings)
+# dataset: CCP proxies per class M, pool b, validation period, XBM (S, L) batches, Recall@K, loss settings
 DATASETS = {
-    "caltech_birds2011": dict(proxies=8, pool=12, epoch=25, xbm=25, ks=(1, 2, 4, 8),
+    "caltech_birds2011": dict(proxies=8, pool=12, epoch=25, xbm=(3, 25), ks=(1, 2, 4, 8),
                               c2=(0.0, 0.3841), triplet=0.0961, ms=(2.0, 40.0, 0.5),
                               soft_triple=(20.0, 0.1, 0.2, 0.01)),
-    "cars196": dict(proxies=8, pool=12, epoch=25, xbm=25, ks=(1, 2, 4, 8),
+    "cars196": dict(proxies=8, pool=12, epoch=25, xbm=(3, 25), ks=(1, 2, 4, 8),
                     c2=(0.2652, 0.5409), triplet=0.1190, ms=(14.35, 75.83, 0.66),
                     soft_triple=(17.69, 19.18, 0.0669, 0.3588)),
-    "inshop": dict(proxies=4, pool=7, epoch=250, xbm=400, ks=(1, 10, 20, 30, 40, 50),
+    "inshop": dict(proxies=4, pool=7, epoch=250, xbm=(100, 400), ks=(1, 10, 20, 30, 40, 50),
                    c2=(0.2858, 0.5130), triplet=0.0451, ms=(8.49, 57.38, 0.41),
                    soft_triple=(20.0, 0.1, 0.2, 0.01)),
-    "stanford_online_products": dict(proxies=4, pool=7, epoch=250, xbm=1400, ks=(1, 10, 100, 1000),
+    "stanford_online_products": dict(proxies=4, pool=7, epoch=250, xbm=(400, 1400), ks=(1, 10, 100, 1000),
                                      c2=(0.2858, 0.5130), triplet=0.0451, ms=(2.0, 40.0, 0.5),
                                      soft_triple=(100.0, 47.9, 0.2, 0.3145)),
 }
 BASE_LOSSES = ("c1", "c2", "ms", "triplet")
 PROXY_LOSSES = ("proxy_anchor", "proxy_nca_pp", "soft_triple")
-VARIANTS = (*BASE_LOSSES, *(f"{b}_xbm" for b in BASE_LOSSES), *(f"{b}_ccp" for b in BASE_LOSSES), *PROXY_LOSSES)
+VARIANTS = (*BASE_LOSSES, *(f"{b}_{kind}" for kind in ("xbm", "xbm_s", "ccp") for b in BASE_LOSSES), *PROXY_LOSSES)
 
 
 def set_base_loss(config, name: str, settings: dict) -> None:
@@ -118,8 +119,9 @@ def get_config(dataset: str, variant: str = "c2_ccp"):
         config.optim.freeze_backbone_steps = s["epoch"]
         return config
     set_base_loss(config, base, s)
-    if kind == "xbm":
-        config.loss.xbm.batches = s["xbm"]
+    if kind in ("xbm", "xbm_s"):
+        small, large = s["xbm"]
+        config.loss.xbm.batches = small if kind == "xbm_s" else large
         config.loss.xbm.start_step = 1000
     elif kind == "ccp":
         config.trainer = "ccp"

@@ -14,8 +14,9 @@ and the 512-d concatenation on the test set (<workdir>/summary.json):
 
 Folds on four machines: add --config.data.fold=K (K = 0..3) on machine K, all writing to the same --workdir (or
 copies merged into one), then the command above only evaluates. The paper's three repeats: --config.seed=1 and 2,
-each in its own --workdir. Variants: c1, c2, ms, triplet; each also _xbm and _ccp; proxy_anchor, proxy_nca_pp,
-soft_triple. Validation every 250 steps; each fold stops after 60 validations without a new best.
+each in its own --workdir. Variants: c1, c2, ms, triplet; each also _xbm (L memory), _xbm_s (S) and _ccp;
+proxy_anchor, proxy_nca_pp, soft_triple. Validation every 250 steps; each fold stops after 60 validations
+without a new best.
 
 Expected run time and numbers: not measured (no dataset, weights or GPU on the development machines). The paper
 (CCP supplement Table 1, BN-Inception, mean of 3 repeats), P@1 / P@R / MAP@R in %:
