@@ -19,30 +19,17 @@
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from train_step import _timed  # benchmarks/ is the script's directory, first on sys.path
 
 from jaxdml.config import load_config_file
 from jaxdml.losses import ccp as ccp_math
 from jaxdml.train.state import create_mesh
 from jaxdml.train.step import batch_sharding
 from jaxdml.trainers import ccp_procedure, metric_learning_procedure, resolve_config, setup_training
-
-
-def _timed(step, warmup: int, steps: int) -> float:
-    """Median seconds of ``step()`` (which blocks until its work is done) after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def step_seconds(variant: str, args: argparse.Namespace) -> float:

@@ -37,7 +37,7 @@ from jaxdml.errors import ConfigError
 from jaxdml.eval.evaluators import predict_source
 from jaxdml.losses import LOSSES, make_loss, pair
 from jaxdml.losses import ccp as ccp_math
-from jaxdml.models import BACKBONES, build_model
+from jaxdml.models import build_model
 from jaxdml.models.model import has_refresh
 from jaxdml.train.loop import Hook, Loop
 from jaxdml.train.state import LOSS_GROUP, TrainState
@@ -229,12 +229,7 @@ class CCPTrainer(MetricLearningTrainer):
 
     @classmethod
     def check_config(cls, cfg: ml_collections.ConfigDict) -> None:
-        if cfg.model.backbone not in BACKBONES:
-            raise ConfigError(f"trainer='ccp' trains the backbones of jaxdml.models.backbones; model.backbone="
-                              f"{cfg.model.backbone!r} is not one of {sorted(BACKBONES)}.")
-        if cfg.eval.evaluator != "retrieval":
-            raise ConfigError(f"trainer='ccp' learns embeddings; set eval.evaluator='retrieval' (or leave it empty), "
-                              f"not {cfg.eval.evaluator!r}.")
+        super().check_config(cfg)  # a backbone of jaxdml.models.backbones, the retrieval evaluator
         spec = LOSSES[cfg.loss.name]
         if spec.kind != "pair" or spec.init is not None or spec.fn is pair.n_pairs_loss:
             usable = sorted(n for n, s in LOSSES.items() if s.kind == "pair" and s.init is None

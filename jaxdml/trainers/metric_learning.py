@@ -61,10 +61,10 @@ class MetricLearningTrainer(Trainer):
     @classmethod
     def check_config(cls, cfg: ml_collections.ConfigDict) -> None:
         if cfg.model.backbone not in BACKBONES:
-            raise ConfigError(f"trainer='metric_learning' trains the backbones of jaxdml.models.backbones; "
+            raise ConfigError(f"trainer={cfg.trainer!r} trains the backbones of jaxdml.models.backbones; "
                               f"model.backbone={cfg.model.backbone!r} is not one of {sorted(BACKBONES)}.")
         if cfg.eval.evaluator != "retrieval":
-            raise ConfigError(f"trainer='metric_learning' learns embeddings; set eval.evaluator='retrieval' (or leave "
+            raise ConfigError(f"trainer={cfg.trainer!r} learns embeddings; set eval.evaluator='retrieval' (or leave "
                               f"it empty), not {cfg.eval.evaluator!r}.")
 
     def build(self) -> Procedure:
