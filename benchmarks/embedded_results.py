@@ -1,7 +1,7 @@
 """Reruns every embedded-data experiment quoted in README.md and in experiment docstrings; prints the tables.
 
     python benchmarks/embedded_results.py [--workdir runs/embedded_results] [--seeds 0 1 2]
-        [--only digit_pairs collage distill ccp] [--jobs 1] [--extra=--config.train.num_steps=4 ...]
+        [--only digit_pairs collage distill ccp xbml] [--jobs 1] [--extra=--config.train.num_steps=4 ...]
 
 Runs, each as ``python -m jaxdml.main`` in its own workdir ``<workdir>/<group>/seed<k>/<name>`` (stdout and
 stderr in ``run.log`` there; reruns resume, and finished runs are only re-evaluated):
@@ -11,7 +11,8 @@ stderr in ``run.log`` there; reruns resume, and finished runs are only re-evalua
 * ``distill``: experiments/kd_digits_teacher.py, then kd_digits_student.py:none|kd|letkd|template, kd and
   letkd distilling from the same seed's teacher (5-6 min per seed);
 * ``ccp``: experiments/ccp_digits.py:plain and :ccp, each four folds (MLRC protocol) and their concatenation
-  (about 8 min per run; 49 min for seeds 0 1 2 at d0ea5f7).
+  (about 8 min per run; 49 min for seeds 0 1 2 at d0ea5f7);
+* ``xbml``: experiments/gap_digits_collage.py and xbml_digits_collage.py:r1 and :r2 (about 4 min each).
 
 About 50 minutes for seeds 0 1 2 of the first three groups with ``--jobs 1`` on 2 CPU cores (54 min at d9073a8;
 ``--jobs 1`` is the honest setting for the wall times: parallel runs share the cores). Prints the commit measured
@@ -45,6 +46,8 @@ GROUPS: dict[str, list[tuple[str, str, str | None]]] = {
     "distill": [("teacher", "experiments/kd_digits_teacher.py", None)]
     + [(m, f"experiments/kd_digits_student.py:{m}", "teacher" if m in ("kd", "letkd") else None) for m in STUDENTS],
     "ccp": [("plain", "experiments/ccp_digits.py:plain", None), ("ccp", "experiments/ccp_digits.py:ccp", None)],
+    "xbml": [("gap", "experiments/gap_digits_collage.py", None)]
+    + [(r, f"experiments/xbml_digits_collage.py:{r}", None) for r in ("r1", "r2")],
 }
 RETRIEVAL = (("precision_at_1", "P@1"), ("map_at_r", "MAP@R"), ("r_precision", "R-precision"))
 
@@ -212,6 +215,26 @@ def collage_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer)
         out(f"(untrained: R@1 {first[0]:.1f}, MAP@R {first[1]:.1f})   <- GSP network, mean over the seeds")
 
 
+def xbml_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer) -> None:
+    gap = res["gap"]
+    weight = res["r1"][0].setting("loss.xbml.weight")
+    out(f"README, XBML (digit collages, test classes, seeds {' / '.join(map(str, seeds))}):\n")
+    out("| head and loss | R@1 | MAP@R | R-precision | MAP@R ahead of GAP |\n|---|---|---|---|---|")
+    rows = [("GAP (contrastive)", gap, None)] + [
+        (f"XBML {reading} ({1 - weight:g} contrastive + {weight:g} XBML)", res[reading], reading)
+        for reading in ("r1", "r2")]
+    for label, runs, reading in rows:
+        cells = [stats([r.summary["final"][m] for r in runs]) for m, _ in RETRIEVAL]
+        diffs = [100 * (x.summary["final"]["map_at_r"] - g.summary["final"]["map_at_r"]) for x, g in zip(runs, gap)]
+        ahead = "" if reading is None else f"{sum(d > 0 for d in diffs)} of {len(diffs)} seeds " \
+            f"({', '.join(f'{d:+.2f}' for d in diffs)})"
+        out(f"| {label} | " + " | ".join(cells) + f" | {ahead} |")
+    out("\nper seed (R@1; MAP@R):")
+    for label, runs, _ in rows:
+        out(f"    {label.split(' (')[0]:<8} R@1 {per_seed([r.summary['final']['precision_at_1'] for r in runs])}   "
+            f"MAP@R {per_seed([r.summary['final']['map_at_r'] for r in runs])}")
+
+
 def distill_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer) -> None:
     acc = {name: [r.summary["final"]["accuracy"] for r in res[name]] for name in ("teacher", *STUDENTS)}
     kd, letkd, student = res["kd"][0], res["letkd"][0], arch(res["none"][0].setting("model.backbone"))
@@ -305,7 +328,7 @@ def main() -> int:
             total = sum(result.wall_s for run, result in done.items() if (run.group, run.seed) == (group, seed))
             out(f"    {group} seed {seed}: {duration(total)}")
     tables = {"digit_pairs": digit_pairs_tables, "collage": collage_tables, "distill": distill_tables,
-              "ccp": lambda res, seeds, printer: ccp_tables(res, seeds, printer, root)}
+              "ccp": lambda res, seeds, printer: ccp_tables(res, seeds, printer, root), "xbml": xbml_tables}
     for group in args.only:
         out()
         by_name = {name: [done[r] for r in runs if (r.group, r.name) == (group, name)] for name, _, _ in GROUPS[group]}

@@ -1,4 +1,4 @@
-"""The MLRC protocol recipe and the rows of the CCP paper's tables (shared by experiments/ccp_*.py).
+"""The MLRC protocol recipe and the rows of the CCP paper's tables (shared by experiments/ccp_*.py and xbml_*.py).
 
 Protocol ("A Metric Learning Reality Check", as the CCP supplement and the GSP/CCP TensorFlow release run it):
 BN-Inception (ImageNet weights from ``weights/bninception``, made by ``python -m jaxdml.models.convert``) with frozen
@@ -15,7 +15,11 @@ and ``<loss>_ccp`` (trainer
 ``ccp``: M proxies per class, 0.1 * L(batch) + 1.0 * L(batch, proxies), proximal lambda 2e-4 from round 2,
 re-pick after 3 validations without a gain from pools of b embeddings per class); and ``proxy_anchor``,
 ``proxy_nca_pp``, ``soft_triple`` (one image per class per batch, proxies at 100x the learning rate, a one-epoch
-warm-up with the backbone frozen).
+warm-up with the backbone frozen). XBML (``experiments/xbml_<dataset>.py:<variant>``): ``<loss>_xbml`` and
+``<loss>_xbml_r2`` for c1, c2 and ms: the XBML head (GAP plus coefficients over K = 32 prototypes, softmax scale
+10) and ``0.9 L + 0.1 L_xbml`` in reading r1 (ZSR on the coefficients, ridge 0.05, scale 9.5) or r2 (prototypes
+fitted to the other half); K, the scale, the weight and the ridge are the GSP release's MetaGlobalPooling / ZSR
+values, not XBML's, which are not available to us.
 
 Where the sources differ, this follows the supplement and says so:
 * Adam beta2 = 0.99 (supplement) rather than Keras' 0.999 (the code); C2 margins are the supplement's tuned ones,
@@ -45,7 +49,10 @@ DATASETS = {
 }
 BASE_LOSSES = ("c1", "c2", "ms", "triplet")
 PROXY_LOSSES = ("proxy_anchor", "proxy_nca_pp", "soft_triple")
-VARIANTS = (*BASE_LOSSES, *(f"{b}_{kind}" for kind in ("xbm", "xbm_s", "ccp") for b in BASE_LOSSES), *PROXY_LOSSES)
+XBML_LOSSES = ("c1", "c2", "ms")
+XBML_VARIANTS = tuple(f"{b}_{kind}" for kind in ("xbml", "xbml_r2") for b in XBML_LOSSES)
+VARIANTS = (*BASE_LOSSES, *(f"{b}_{kind}" for kind in ("xbm", "xbm_s", "ccp") for b in BASE_LOSSES), *PROXY_LOSSES,
+            *XBML_VARIANTS)
 
 
 def set_base_loss(config, name: str, settings: dict) -> None:
@@ -123,6 +130,11 @@ def get_config(dataset: str, variant: str = "c2_ccp"):
         small, large = s["xbm"]
         config.loss.xbm.batches = small if kind == "xbm_s" else large
         config.loss.xbm.start_step = 1000
+    elif kind in ("xbml", "xbml_r2"):
+        config.model.pooling = "xbml"
+        config.model.xbml.num_prototypes, config.model.xbml.softmax_scale = 32, 10.0
+        config.loss.xbml.weight, config.loss.xbml.ridge, config.loss.xbml.scale = 0.1, 0.05, 9.5
+        config.loss.xbml.reading = "r2" if kind == "xbml_r2" else "r1"
     elif kind == "ccp":
         config.trainer = "ccp"
         config.ccp.proxies_per_class = s["proxies"]

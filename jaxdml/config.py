@@ -41,6 +41,7 @@ from jaxdml.eval import EVALUATORS
 from jaxdml.kernels import METHODS as GSP_METHODS
 from jaxdml.losses import LOSSES, MINERS, make_objective
 from jaxdml.losses.registry import loss_hyper_parameters, miner_hyper_parameters
+from jaxdml.losses.xbml import READINGS as XBML_READINGS
 from jaxdml.models.backbones import BACKBONES
 from jaxdml.models.cifar import CIFAR_NETWORKS
 from jaxdml.models.heads import EMBEDDING_NORMS
@@ -95,7 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.pretrained = config_dict.placeholder(str)
     c.model.width = 32  # small_cnn: channels of the first stage
     c.model.embedding_dim = 128
-    c.model.pooling = "gap"  # gap | gmp | gap+gmp | gsp
+    c.model.pooling = "gap"  # gap | gmp | gap+gmp | gsp | xbml
     c.model.gsp = ml_collections.ConfigDict()  # Generalized Sum Pooling head (model.pooling = "gsp")
     c.model.gsp.num_prototypes = 64  # K: 64 for CUB/Cars, 128 for SOP/In-Shop
     c.model.gsp.transport_ratio = 0.3  # mu; 1.0 is exactly GAP
@@ -105,6 +106,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.gsp.prototypes_file = config_dict.placeholder(str)  # .npy (K, embedding_dim): use these instead
     c.model.gsp.augment_max_pool = False  # add the global max pool of the projected features
     c.model.gsp.gem = False  # GeM (learnable p, init 3) over the GSP-weighted features instead of their sum
+    c.model.xbml = ml_collections.ConfigDict()  # XBML head (model.pooling = "xbml"): GAP + prototype coefficients
+    c.model.xbml.num_prototypes = 32  # K (the GSP release's MetaGlobalPooling default; XBML's own is not known)
+    c.model.xbml.softmax_scale = 10.0  # of the soft assignment of locations to prototypes
     c.model.freeze_bn = False  # backbone BatchNorm uses (and keeps) its running statistics
     # l2 | lipschitz: the embedding's normalisation, seen by the losses and the evaluation (lipschitz: v / max(1, |v|),
     # the GSP/CCP TensorFlow framework's)
@@ -127,6 +131,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.loss.zsr.weight = 0.0  # 0.1 in the GSP recipe; needs model.pooling = "gsp"
     c.loss.zsr.ridge = 0.05
     c.loss.zsr.scale = 9.5
+    # XBML's cross-batch loss (jaxdml.losses.xbml): total = (1 - weight) L + weight L_xbml; needs model.pooling = "xbml"
+    c.loss.xbml = ml_collections.ConfigDict()
+    c.loss.xbml.weight = 0.0  # 0 = off (the XBML head is then plain GAP)
+    c.loss.xbml.reading = "r1"  # r1: ZSR on the coefficients (code-backed) | r2: prototypes fitted to the other half
+    c.loss.xbml.ridge = 0.05  # lambda of the ridge fits
+    c.loss.xbml.scale = 9.5  # r1: logit scale of the class-embedding cross-entropy
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adam"  # adam | adamw | sgd | rmsprop
@@ -243,6 +253,7 @@ CHOICES: dict[str, Iterable[str]] = {
     "model.embedding_norm": EMBEDDING_NORMS,
     "loss.name": LOSSES,
     "loss.miner.name": MINERS,
+    "loss.xbml.reading": XBML_READINGS,
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
     "distill.teacher_arch": CIFAR_NETWORKS,
@@ -424,12 +435,17 @@ RULES: dict[str, Rule] = {
     "model.gsp.transport_ratio": Number(gt=0, le=1),
     "model.gsp.gamma": POSITIVE,
     "model.gsp.memory_size": INDEX,  # 0: the prototypes start from their initialiser (or prototypes_file)
+    "model.xbml.num_prototypes": COUNT,
+    "model.xbml.softmax_scale": POSITIVE,
     "loss.weight": NON_NEGATIVE,
     "loss.xbm.batches": INDEX,
     "loss.xbm.start_step": INDEX,
     "loss.zsr.weight": UNIT,  # (1 - w) L + w L_zsr; w = 1 would train the ZSR term alone
     "loss.zsr.ridge": POSITIVE,
     "loss.zsr.scale": POSITIVE,
+    "loss.xbml.weight": UNIT,  # (1 - w) L + w L_xbml
+    "loss.xbml.ridge": POSITIVE,
+    "loss.xbml.scale": POSITIVE,
     "optim.lr": POSITIVE,
     "optim.weight_decay": NON_NEGATIVE,
     "optim.momentum": UNIT,
@@ -723,6 +739,14 @@ def _zsr_needs_gsp(cfg: ml_collections.ConfigDict) -> Broken | None:
         f"{cfg.model.pooling!r}", 0.0)
 
 
+def _xbml_needs_its_head(cfg: ml_collections.ConfigDict) -> Broken | None:
+    w = cfg.loss.xbml.weight
+    if w and cfg.model.pooling != "xbml":
+        return Broken("loss.xbml.weight", w, f"needs model.pooling='xbml' (the XBML loss reads its prototype "
+                      f"coefficients), not {cfg.model.pooling!r}", 0.0)
+    return None
+
+
 def _pretrained_needs_weights(cfg: ml_collections.ConfigDict) -> Broken | None:
     m = cfg.model
     return None if not (m.pretrained and m.backbone == "small_cnn") else Broken(
@@ -754,8 +778,8 @@ def _folds(cfg: ml_collections.ConfigDict) -> Broken | None:
 
 # Rules between keys, checked once every key has a valid value of its own.
 CROSS_KEY_RULES: tuple[Callable[[ml_collections.ConfigDict], Broken | None], ...] = (
-    _whole_groups, _eval_crop_fits, _gsp_memory_holds_prototypes, _zsr_needs_gsp, _pretrained_needs_weights,
-    _boundaries_within_training, _folds)
+    _whole_groups, _eval_crop_fits, _gsp_memory_holds_prototypes, _zsr_needs_gsp, _xbml_needs_its_head,
+    _pretrained_needs_weights, _boundaries_within_training, _folds)
 
 
 def _agreeing(cfg: ml_collections.ConfigDict, key: str, suggestion: Any) -> Any:

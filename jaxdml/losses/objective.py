@@ -1,8 +1,10 @@
-"""The training objective of a config: a weighted sum of losses, optional miner and cross-batch memory, ZSR.
+"""The training objective of a config: a weighted sum of losses, optional miner and cross-batch memory, ZSR / XBML.
 
 ``L = sum_t weight_t * L_t`` over the configured terms (``loss.name`` / ``loss.kwargs`` / ``loss.weight`` and any
 ``loss.extra_terms``); with GSP's zero-shot loss ``total = (1 - zsr.weight) * L + zsr.weight * L_ZSR`` (the
-released code's 0.9 / 0.1). Pair-based terms see the pairs a miner selects (``loss.miner``) and, with a
+released code's 0.9 / 0.1), with XBML's cross-batch loss ``(1 - xbml.weight) * L + xbml.weight * L_XBML``
+(:mod:`jaxdml.losses.xbml`; reading r2 applies the same terms and miner to the re-expressed embeddings).
+Pair-based terms see the pairs a miner selects (``loss.miner``) and, with a
 cross-batch memory (XBM, Wang et al. 2020, as pytorch-metric-learning's ``CrossBatchMemory``), pair every anchor
 of the batch with every item of a ring buffer of ``xbm.batches`` past batches (itself excluded) from
 ``xbm.start_step`` on. Proxy- and classifier-based terms get their parameters (proxies, class weights) from the
@@ -19,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxdml.losses import pair
+from jaxdml.losses import pair, xbml
 from jaxdml.losses.registry import LossSpec, check_kwargs, loss_spec, miner_fn
 from jaxdml.losses.zsr import zero_shot_loss
 
@@ -43,6 +45,11 @@ class Objective:
     zsr_weight: float = 0.0
     zsr_ridge: float = 0.05
     zsr_scale: float = 9.5
+    xbml_reading: str = "r1"
+    xbml_weight: float = 0.0
+    xbml_ridge: float = 0.05
+    xbml_scale: float = 9.5
+    embedding_norm: str = "l2"  # the heads' normalisation (r2 normalises the re-expressed embeddings so)
 
     def init(self, rng: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
         """(loss parameters, loss state)."""
@@ -51,7 +58,7 @@ class Objective:
         for term, key in zip(self.terms, rngs[:-1]):
             if term.spec.init is not None:
                 params[term.name] = term.spec.init(key, self.num_classes, self.embedding_dim, **term.kwargs)
-        if self.zsr_weight > 0:
+        if self.zsr_weight > 0 or (self.xbml_weight > 0 and self.xbml_reading == "r1"):
             params["class_embeddings"] = jax.nn.initializers.he_normal()(
                 rngs[-1], (self.num_classes, self.embedding_dim), jnp.float32)
         state: dict[str, Any] = {}
@@ -93,7 +100,36 @@ class Objective:
                                  ridge=self.zsr_ridge, scale=self.zsr_scale)
             loss = (1.0 - self.zsr_weight) * total + self.zsr_weight * zsr
             metrics.update(dml_loss=total, zsr_loss=zsr)
+        if self.xbml_weight > 0:
+            if "attributes" not in outputs:
+                raise ValueError("loss.xbml.weight > 0 needs a head that outputs attributes (model.pooling='xbml')")
+            cross = self._cross_batch(outputs, labels, params)
+            loss = (1.0 - self.xbml_weight) * total + self.xbml_weight * cross
+            metrics.update(dml_loss=total, xbml_loss=cross)
         return loss, state, metrics
+
+    def _cross_batch(self, outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, params: dict[str, Any]
+                     ) -> jnp.ndarray:
+        """XBML's loss on the head's coefficients, in the configured reading."""
+        coefficients = outputs["attributes"]
+        if self.xbml_reading == "r1":
+            return xbml.zero_shot_loss(coefficients, labels, params["class_embeddings"], ridge=self.xbml_ridge,
+                                       scale=self.xbml_scale)
+
+        def terms_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, pair_mask: jnp.ndarray) -> jnp.ndarray:
+            value = jnp.zeros((), embeddings.dtype)
+            for term in self.terms:
+                term_params = params.get(term.name, {})
+                if term.spec.kind == "proxy":
+                    value = value + term.weight * term.spec.fn(embeddings, labels, term_params, **term.kwargs)
+                else:
+                    value = value + term.weight * self._pair_term(term, term_params, embeddings, labels,
+                                                                  pair_mask=pair_mask)
+            return value
+
+        raw = outputs["raw_embedding"]
+        return xbml.reexpressed_loss(terms_loss, coefficients, raw.astype(jnp.promote_types(raw.dtype, jnp.float32)),
+                                     labels, ridge=self.xbml_ridge, normalize=self.embedding_norm)
 
     def _pair_term(self, term: Term, term_params: dict[str, Any], embeddings: jnp.ndarray, labels: jnp.ndarray,
                    ref_embeddings: jnp.ndarray | None = None, ref_labels: jnp.ndarray | None = None,
@@ -133,11 +169,15 @@ def _term(name: str, loss_name: str, kwargs: Mapping[str, Any], weight: float) -
 
 
 def make_objective(cfg: ml_collections.ConfigDict, *, num_classes: int, embedding_dim: int,
-                   batch_size: int) -> Objective:
-    """The objective described by the ``loss`` section of a config."""
-    if cfg.xbm.batches < 0 or not 0.0 <= cfg.zsr.weight < 1.0:
-        raise ValueError(f"loss.xbm.batches must be >= 0 and loss.zsr.weight in [0, 1); got {cfg.xbm.batches}, "
-                         f"{cfg.zsr.weight}")
+                   batch_size: int, embedding_norm: str = "l2") -> Objective:
+    """The objective described by the ``loss`` section of a config (``embedding_norm``: ``model.embedding_norm``)."""
+    if cfg.xbm.batches < 0 or not 0.0 <= cfg.zsr.weight < 1.0 or not 0.0 <= cfg.xbml.weight < 1.0:
+        raise ValueError(f"loss.xbm.batches must be >= 0 and loss.zsr.weight, loss.xbml.weight in [0, 1); got "
+                         f"{cfg.xbm.batches}, {cfg.zsr.weight}, {cfg.xbml.weight}")
+    if cfg.xbml.reading not in xbml.READINGS:
+        raise ValueError(f"loss.xbml.reading must be one of {sorted(xbml.READINGS)}; got {cfg.xbml.reading!r}")
+    if cfg.zsr.weight > 0 and cfg.xbml.weight > 0:
+        raise ValueError("loss.zsr.weight and loss.xbml.weight cannot both be > 0 (both read the head's attributes)")
     terms = [_term(cfg.name, cfg.name, cfg.kwargs.to_dict(), cfg.weight)]
     for key, extra in cfg.extra_terms.items():
         unknown = set(extra) - {"name", "kwargs", "weight"}
@@ -156,4 +196,5 @@ def make_objective(cfg: ml_collections.ConfigDict, *, num_classes: int, embeddin
     miner = miner_fn(cfg.miner.name, cfg.miner.kwargs.to_dict()) if cfg.miner.name else None
     return Objective(tuple(terms), num_classes, embedding_dim, miner=miner, xbm_size=cfg.xbm.batches * batch_size,
                      xbm_start_step=cfg.xbm.start_step, zsr_weight=cfg.zsr.weight, zsr_ridge=cfg.zsr.ridge,
-                     zsr_scale=cfg.zsr.scale)
+                     zsr_scale=cfg.zsr.scale, xbml_reading=cfg.xbml.reading, xbml_weight=cfg.xbml.weight,
+                     xbml_ridge=cfg.xbml.ridge, xbml_scale=cfg.xbml.scale, embedding_norm=embedding_norm)

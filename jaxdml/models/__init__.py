@@ -1,7 +1,7 @@
 """Backbones, heads and the embedding model."""
 
 from jaxdml.models.backbones import BACKBONES, BackboneSpec, BNInception, ResNet, SmallCNN, backbone_spec
-from jaxdml.models.heads import EmbeddingHead, GSPHead
+from jaxdml.models.heads import EmbeddingHead, GSPHead, XBMLHead
 from jaxdml.models.model import Model, build_model
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
            "Model",
            "ResNet",
            "SmallCNN",
+           "XBMLHead",
            "backbone_spec",
            "build_model",
 ]

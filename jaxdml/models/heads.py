@@ -1,5 +1,9 @@
 """Embedding heads: feature map (B, H, W, C) -> {"embedding": (B, D), "raw_embedding": (B, D), ...}.
 
+``EmbeddingHead`` (GAP / GMP / GAP+GMP and a linear map), ``GSPHead`` (Generalized Sum Pooling) and ``XBMLHead``
+(GAP written as a convex combination of prototypes); the last two also output ``attributes`` (B, K), the input
+of the zero-shot / cross-batch losses.
+
 ``embedding`` is normalised as ``embedding_norm`` says: ``"l2"`` (unit vectors, MLRC and PML) or ``"lipschitz"``
 (``v / max(1, ||v||)``: the GSP/CCP TensorFlow framework's normalisation, used by its losses and its evaluation);
 ``raw_embedding`` is the vector before it (CCP draws its proxies from these, as the release does).
@@ -14,7 +18,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdml.layers import greedy_k_center, gsp_weights, l2_normalize, lipschitz_normalize, pool
+from jaxdml.layers import (
+    greedy_k_center,
+    gsp_weights,
+    l2_normalize,
+    lipschitz_normalize,
+    pool,
+    prototype_assignment,
+    prototype_coefficients,
+)
 
 # model.embedding_norm -> the normalisation of the heads' output; the one list of valid names.
 EMBEDDING_NORMS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {"l2": l2_normalize,
@@ -120,3 +132,39 @@ class GSPHead(nn.Module):
                                   lambda: current)
         self.put_variable("params", "prototypes", prototypes)
         self.put_variable("gsp", "ready", ready | start)
+
+
+class XBMLHead(nn.Module):
+    """GAP of a per-location linear map, with its convex coefficients over K learnable prototypes (XBML).
+
+    ``embedding`` is GAP of ``projection(x)``, normalised as ``embedding_norm`` says; ``projection`` holds the same
+    parameters as :class:`EmbeddingHead`'s (GAP commutes with the affine map), so with the same parameters the
+    embeddings are GAP's for any K. ``attributes`` are the coefficients ``a`` (B, K) of
+    :func:`jaxdml.layers.prototype_coefficients`: non-negative, summing to 1, the soft assignment of the
+    projected locations to ``prototypes`` (K, D) at ``softmax_scale``; the cross-batch loss
+    (``jaxdml.losses.xbml``) trains them. Defaults are the GSP release's ``MetaGlobalPooling`` (K = 32, scale 10,
+    Glorot-uniform prototypes); unlike it the projection has a bias, as the GAP head's. With
+    ``return_assignment`` the head also returns the assignment maps (B, H, W, K).
+    """
+
+    embedding_dim: int
+    num_prototypes: int = 32
+    softmax_scale: float = 10.0
+    embedding_norm: str = "l2"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jnp.ndarray, train: bool = False, return_assignment: bool = False
+                 ) -> dict[str, jnp.ndarray]:
+        del train
+        wide = jnp.promote_types(self.dtype, jnp.float32)  # float32 math under bfloat16 compute
+        projected = nn.Dense(self.embedding_dim, dtype=self.dtype, name="projection")(features).astype(wide)
+        prototypes = self.param("prototypes", nn.initializers.glorot_uniform(),
+                                (self.num_prototypes, self.embedding_dim), jnp.float32)
+        assignment = prototype_assignment(projected, prototypes, self.softmax_scale)  # (B, N, K)
+        raw = jnp.mean(projected.reshape(projected.shape[0], -1, self.embedding_dim), axis=1)
+        outputs = {"embedding": EMBEDDING_NORMS[self.embedding_norm](raw), "raw_embedding": raw,
+                   "attributes": prototype_coefficients(assignment)}
+        if return_assignment:
+            outputs["assignment"] = assignment.reshape((*projected.shape[:-1], self.num_prototypes))
+        return outputs

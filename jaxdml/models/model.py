@@ -1,9 +1,9 @@
 """The one model wrapper of every task: uint8 images -> the backbone's input convention -> backbone -> head.
 
-Metric learning: the backbone returns a feature map and the head (``EmbeddingHead`` / ``GSPHead``) returns
-``{"embedding", ...}``. Classification (distillation): a CIFAR network returns ``{"logits", "features",
-"scores"}`` and the optional head (FitNet's regressor) adds ``hint``. Parameters come in two groups,
-``backbone`` and ``head``, which the optimiser treats separately (LR multipliers, frozen BatchNorm).
+Metric learning: the backbone returns a feature map and the head (``EmbeddingHead`` / ``GSPHead`` /
+``XBMLHead``) returns ``{"embedding", ...}``. Classification (distillation): a CIFAR network returns
+``{"logits", "features", "scores"}`` and the optional head (FitNet's regressor) adds ``hint``. Parameters come in
+two groups, ``backbone`` and ``head``, which the optimiser treats separately (LR multipliers, frozen BatchNorm).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxdml.layers import POOLINGS
 from jaxdml.models.backbones import backbone_spec
-from jaxdml.models.heads import EmbeddingHead, GSPHead
+from jaxdml.models.heads import EmbeddingHead, GSPHead, XBMLHead
 
 
 class Model(nn.Module):
@@ -66,7 +66,11 @@ def has_refresh(model: Model) -> bool:
 
 
 def build_head(model_cfg: ml_collections.ConfigDict, dtype: Any) -> nn.Module:
-    """The embedding head of ``model_cfg.pooling`` (GSP settings by keyword from ``model_cfg.gsp``)."""
+    """The embedding head of ``model_cfg.pooling`` (GSP / XBML settings by keyword from ``model_cfg.gsp`` /
+    ``model_cfg.xbml``)."""
+    if model_cfg.pooling == "xbml":
+        return XBMLHead(embedding_dim=model_cfg.embedding_dim, embedding_norm=model_cfg.embedding_norm, dtype=dtype,
+                        **model_cfg.xbml.to_dict())
     if model_cfg.pooling != "gsp":
         return EmbeddingHead(embedding_dim=model_cfg.embedding_dim, pooling=model_cfg.pooling,
                              embedding_norm=model_cfg.embedding_norm, dtype=dtype)
@@ -83,8 +87,8 @@ def build_head(model_cfg: ml_collections.ConfigDict, dtype: Any) -> nn.Module:
 
 # model.compute_dtype -> dtype of activations (parameters stay float32); the one list of valid names.
 COMPUTE_DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# model.pooling: the heads' poolings, or Generalized Sum Pooling (GSPHead).
-POOLING_NAMES: tuple[str, ...] = (*POOLINGS, "gsp")
+# model.pooling: the heads' poolings, Generalized Sum Pooling (GSPHead) or XBML's prototype GAP (XBMLHead).
+POOLING_NAMES: tuple[str, ...] = (*POOLINGS, "gsp", "xbml")
 
 
 def compute_dtype(model_cfg: ml_collections.ConfigDict) -> Any:

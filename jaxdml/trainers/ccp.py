@@ -238,7 +238,8 @@ class CCPTrainer(MetricLearningTrainer):
                               f"parameters; loss.name={cfg.loss.name!r} is not one; use one of {usable}.")
         loss = cfg.loss
         extras = [("loss.miner.name", loss.miner.name, ""), ("loss.xbm.batches", loss.xbm.batches, 0),
-                  ("loss.zsr.weight", loss.zsr.weight, 0.0), ("loss.extra_terms", dict(loss.extra_terms), {})]
+                  ("loss.zsr.weight", loss.zsr.weight, 0.0), ("loss.xbml.weight", loss.xbml.weight, 0.0),
+                  ("loss.extra_terms", dict(loss.extra_terms), {})]
         for key, value, off in extras:
             if value != off:
                 raise ConfigError(f"trainer='ccp' builds its own objective (ccp.pair_weight * L(batch) + "

@@ -30,7 +30,7 @@ def metric_learning_procedure(cfg: ml_collections.ConfigDict, num_classes: int) 
     """The model of ``cfg.model`` and the objective of ``cfg.loss`` (over ``num_classes`` training classes)."""
     model = build_model(cfg.model)
     objective = make_objective(cfg.loss, num_classes=num_classes, embedding_dim=cfg.model.embedding_dim,
-                               batch_size=cfg.train.batch_size)
+                               batch_size=cfg.train.batch_size, embedding_norm=cfg.model.embedding_norm)
     rng = jax.random.key(cfg.seed)
     sample = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, 3), jnp.uint8)
 
