@@ -12,7 +12,8 @@ stderr in ``run.log`` there; reruns resume, and finished runs are only re-evalua
   letkd distilling from the same seed's teacher (5-6 min per seed);
 * ``ccp``: experiments/ccp_digits.py:plain and :ccp, each four folds (MLRC protocol) and their concatenation
   (about 8 min per run; 49 min for seeds 0 1 2 at d0ea5f7);
-* ``xbml``: experiments/gap_digits_collage.py and xbml_digits_collage.py:r1 and :r2 (about 4 min each).
+* ``xbml``: experiments/gap_digits_collage.py and xbml_digits_collage.py:r1 and :r2 (4-5 min each; 41 min for
+  seeds 0 1 2 at 03a1cfa).
 
 About 50 minutes for seeds 0 1 2 of the first three groups with ``--jobs 1`` on 2 CPU cores (54 min at d9073a8;
 ``--jobs 1`` is the honest setting for the wall times: parallel runs share the cores). Prints the commit measured
