@@ -4,13 +4,15 @@ Protocol ("A Metric Learning Reality Check", as the CCP supplement and the GSP/C
 BN-Inception (ImageNet weights from ``weights/bninception``, made by ``python -m jaxdml.models.convert``) with frozen
 BatchNorm, GAP and a 128-d linear head; 4 class-disjoint folds of the training classes, model k trained on the other
 three and selected on fold k by MAP@R (``data.folds=4``); batches of 8 classes x 4 images; Adam, lr 1e-5, beta2
-0.99, weight decay 1e-4 off BatchNorm, gradients clipped to norm 10; 227 x 227 random-resized crops (area 0.16-1,
+0.99, weight decay 1e-4 off BatchNorm, gradients clipped to global norm 10 then to value 10 (which cannot bind
+after the norm clip, but is the release's); 227 x 227 random-resized crops (area 0.16-1,
 aspect 3/4-4/3) and flips, test images resized to 256 and centre-cropped to 227; validation every 25 steps
 (CUB, Cars) or 250 (SOP, In-Shop), training stops after 60 validations without a new best and the best is kept.
 Embeddings are Lipschitz-normalised (v / max(1, |v|)) for the losses and the evaluation, as in the release.
 
 Variants (``experiments/ccp_<dataset>.py:<variant>``): ``c1``, ``c2``, ``ms``, ``triplet`` (plain), each also
-``<loss>_xbm`` (a cross-batch memory of the supplement's L size from step 1,000; ``<loss>_xbm_s``: its S size)
+``<loss>_xbm`` (the release's cross-batch memory of the supplement's L size: L(batch, batch) + L(batch, memory)
+once the memory has filled after step 1,000; ``<loss>_xbm_s``: its S size)
 and ``<loss>_ccp`` (trainer
 ``ccp``: M proxies per class, 0.1 * L(batch) + 1.0 * L(batch, proxies), proximal lambda 2e-4 from round 2,
 re-pick after 3 validations without a gain from pools of b embeddings per class); and ``proxy_anchor``,
@@ -24,10 +26,8 @@ values, not XBML's, which are not available to us.
 Where the sources differ, this follows the supplement and says so:
 * Adam beta2 = 0.99 (supplement) rather than Keras' 0.999 (the code); C2 margins are the supplement's tuned ones,
   not the code's defaults.
-* Not as the release: gradient value clipping (clipvalue 10) is not applied (only the norm); weight decay skips
-  biases too (the release decays every non-BatchNorm weight); the XBM variants use pytorch-metric-learning's
-  memory (batch against memory only), the release adds batch-against-batch; CCP's pools are embedded with the
-  evaluation transform; the release's "model i" (1-based) validates on our fold 4 - i.
+* Not as the release: weight decay skips biases too (the release decays every non-BatchNorm weight); CCP's pools
+  are embedded with the evaluation transform; the release's "model i" (1-based) validates on our fold 4 - i.
 """
 
 from jaxdml.config import default_config
@@ -102,6 +102,7 @@ def get_config(dataset: str, variant: str = "c2_ccp"):
     config.optim.b2 = 0.99
     config.optim.weight_decay = 1e-4
     config.optim.grad_clip_norm = 10.0
+    config.optim.grad_clip_value = 10.0
     config.train.batch_size = 32
     config.train.num_steps = 400 * s["epoch"] * 4  # an upper bound: early stopping ends every run before it
     config.train.eval_every = s["epoch"]
@@ -130,6 +131,7 @@ def get_config(dataset: str, variant: str = "c2_ccp"):
         small, large = s["xbm"]
         config.loss.xbm.batches = small if kind == "xbm_s" else large
         config.loss.xbm.start_step = 1000
+        config.loss.xbm.mode = "release"
     elif kind in ("xbml", "xbml_r2"):
         config.model.pooling = "xbml"
         config.model.xbml.num_prototypes, config.model.xbml.softmax_scale = 32, 10.0

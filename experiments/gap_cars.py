@@ -1,4 +1,5 @@
-"""Cars196: GAP twin of gsp_cars.py: the same recipe with global average pooling (no ZSR).
+"""Cars196: GAP twin of gsp_cars.py, with GAP + GMP
+(the release's conventional baseline; no ZSR).
 
 Recipe and its provenance: experiments/_gsp_recipe.py. Evaluated on Cars196 (classes 99-196).
 Prepare the data once (needs TensorFlow: pip install -e '.[prepare]'):
@@ -22,4 +23,4 @@ from jaxdml.config import load_sibling
 
 
 def get_config():
-    return load_sibling(__file__, "_gsp_recipe").get_config("cars196", pooling="gap")
+    return load_sibling(__file__, "_gsp_recipe").get_config("cars196", pooling="gap+gmp")

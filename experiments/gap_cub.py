@@ -1,4 +1,5 @@
-"""CUB-200-2011: GAP twin of gsp_cub.py: the same recipe with global average pooling (no ZSR).
+"""CUB-200-2011: GAP twin of gsp_cub.py, with GAP + GMP
+(the release's conventional baseline; no ZSR).
 
 Recipe and its provenance: experiments/_gsp_recipe.py. Evaluated on CUB (classes 101-200).
 Prepare the data once (needs TensorFlow: pip install -e '.[prepare]'):
@@ -22,4 +23,4 @@ from jaxdml.config import load_sibling
 
 
 def get_config():
-    return load_sibling(__file__, "_gsp_recipe").get_config("caltech_birds2011", pooling="gap")
+    return load_sibling(__file__, "_gsp_recipe").get_config("caltech_birds2011", pooling="gap+gmp")

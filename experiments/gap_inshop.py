@@ -1,4 +1,5 @@
-"""In-Shop: GAP twin of gsp_inshop.py: the same recipe with global average pooling (no ZSR).
+"""In-Shop: GAP twin of gsp_inshop.py, with GAP + GMP
+(the release's conventional baseline; no ZSR).
 
 Recipe and its provenance: experiments/_gsp_recipe.py. Evaluated on In-Shop (query 14,218 / gallery 12,612).
 Prepare the data once (needs TensorFlow: pip install -e '.[prepare]'):
@@ -22,4 +23,4 @@ from jaxdml.config import load_sibling
 
 
 def get_config():
-    return load_sibling(__file__, "_gsp_recipe").get_config("inshop", pooling="gap")
+    return load_sibling(__file__, "_gsp_recipe").get_config("inshop", pooling="gap+gmp")

@@ -1,4 +1,5 @@
-"""Stanford Online Products: GAP twin of gsp_sop.py: the same recipe with global average pooling (no ZSR).
+"""Stanford Online Products: GAP twin of gsp_sop.py, with GAP + GMP
+(the release's conventional baseline; no ZSR).
 
 Recipe and its provenance: experiments/_gsp_recipe.py. Evaluated on SOP (11,316 test classes).
 Prepare the data once (needs TensorFlow: pip install -e '.[prepare]'):
@@ -22,4 +23,4 @@ from jaxdml.config import load_sibling
 
 
 def get_config():
-    return load_sibling(__file__, "_gsp_recipe").get_config("stanford_online_products", pooling="gap")
+    return load_sibling(__file__, "_gsp_recipe").get_config("stanford_online_products", pooling="gap+gmp")

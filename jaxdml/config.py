@@ -39,7 +39,7 @@ from jaxdml.data.sampler import GROUPED_SAMPLERS, SAMPLERS
 from jaxdml.errors import ConfigError
 from jaxdml.eval import EVALUATORS
 from jaxdml.kernels import METHODS as GSP_METHODS
-from jaxdml.losses import LOSSES, MINERS, make_objective
+from jaxdml.losses import LOSSES, MINERS, XBM_MODES, make_objective
 from jaxdml.losses.registry import loss_hyper_parameters, miner_hyper_parameters
 from jaxdml.losses.xbml import READINGS as XBML_READINGS
 from jaxdml.models.backbones import BACKBONES
@@ -127,6 +127,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.loss.xbm = ml_collections.ConfigDict()  # cross-batch memory around the loss
     c.loss.xbm.batches = 0  # memory size in batches (0 = off); GSP recipe: 25 CUB/Cars, 400 In-Shop, 1400 SOP
     c.loss.xbm.start_step = 1000
+    # pml: batch vs memory from start_step (PML's CrossBatchMemory) | release: batch vs batch + batch vs memory
+    # once filled after start_step (the GSP/CCP TensorFlow release); see jaxdml.losses.objective
+    c.loss.xbm.mode = "pml"
     c.loss.zsr = ml_collections.ConfigDict()  # GSP's zero-shot loss: total = (1 - weight) L + weight L_zsr
     c.loss.zsr.weight = 0.0  # 0.1 in the GSP recipe; needs model.pooling = "gsp"
     c.loss.zsr.ridge = 0.05
@@ -150,7 +153,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 0
     c.optim.step_boundaries = ()  # step schedule: steps where lr is multiplied by step_factor
     c.optim.step_factor = 0.1
-    c.optim.grad_clip_norm = 0.0  # 0 = no clipping
+    c.optim.grad_clip_norm = 0.0  # 0 = no clipping; clips to this global norm
+    c.optim.grad_clip_value = 0.0  # 0 = no clipping; then clips each entry to [-v, v] (the GSP/CCP release: 10, 10)
+    # Reduce-on-plateau of the evaluation's selection metric (Keras' ReduceLROnPlateau, mode max; the GSP release's
+    # conventional recipe: factor 0.5, patience 4 CUB/Cars or 3 SOP/In-Shop evaluations, min_lr 1e-6).
+    c.optim.plateau = ml_collections.ConfigDict()
+    c.optim.plateau.factor = 0.0  # 0 = off; the learning rate is multiplied by this after a plateau
+    c.optim.plateau.patience = 5  # evaluations without an improvement larger than min_delta
+    c.optim.plateau.min_delta = 1e-3
+    c.optim.plateau.cooldown = 2  # evaluations after a reduction before the counting resumes
+    c.optim.plateau.min_lr = 1e-6  # optim.lr x the factor never goes below this
     c.optim.lr_mult = ml_collections.ConfigDict(dict(backbone=1.0, head=1.0, loss=1.0))
     c.optim.freeze_backbone_steps = 0  # warm-up: only head and loss parameters (e.g. proxies) train at first
 
@@ -253,6 +265,7 @@ CHOICES: dict[str, Iterable[str]] = {
     "model.embedding_norm": EMBEDDING_NORMS,
     "loss.name": LOSSES,
     "loss.miner.name": MINERS,
+    "loss.xbm.mode": XBM_MODES,
     "loss.xbml.reading": XBML_READINGS,
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
@@ -454,6 +467,12 @@ RULES: dict[str, Rule] = {
     "optim.warmup_steps": INDEX,
     "optim.step_boundaries": Increasing(COUNT),  # and within (optim.warmup_steps, train.num_steps): _cross_key
     "optim.step_factor": POSITIVE,
+    "optim.grad_clip_value": NON_NEGATIVE,
+    "optim.plateau.factor": UNIT,
+    "optim.plateau.patience": COUNT,
+    "optim.plateau.min_delta": NON_NEGATIVE,
+    "optim.plateau.cooldown": INDEX,
+    "optim.plateau.min_lr": NON_NEGATIVE,
     "optim.grad_clip_norm": NON_NEGATIVE,
     "optim.lr_mult.backbone": NON_NEGATIVE,
     "optim.lr_mult.head": NON_NEGATIVE,

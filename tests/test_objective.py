@@ -193,3 +193,51 @@ def test_memory_with_losses_that_need_the_batch_is_refused():
     cfg.name, cfg.xbm.batches = "n_pairs", 2
     with pytest.raises(ValueError, match="cannot use a cross-batch memory"):
         make_objective(cfg, num_classes=4, embedding_dim=5, batch_size=8)
+
+
+def release_c1(x, labels, ref=None, ref_labels=None):
+    """The release's original_contrastive (C1): (sum_pos [1 - s - 1e-5]+ + sum_neg [s - 0.5]+) / B, cosine
+    similarities of l2-normalised vectors; against the batch its diagonal is dropped, against a reference set
+    (its XBM memory) every pair counts."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    own = ref is None
+    ref, ref_labels = (x, labels) if own else (ref / np.linalg.norm(ref, axis=1, keepdims=True), ref_labels)
+    s = x @ ref.T
+    pos = labels[:, None] == ref_labels[None, :]
+    if own:
+        pos &= ~np.eye(len(x), dtype=bool)
+    neg = labels[:, None] != ref_labels[None, :]
+    pos_term, neg_term = (1.0 - s - 1e-5) * pos, (s - 0.5) * neg
+    return (pos_term[pos_term > 0].sum() + neg_term[neg_term > 0].sum()) / len(x)
+
+
+def test_release_memory_matches_the_released_xbm_loss():
+    """The TF release's XBMLoss around C1: the ring buffer written before the loss (the batch's own copies stay in),
+    L(batch, batch) always, plus L(batch, memory) once the pointer reaches start_at + batches_in_mem."""
+    batch, dim, batches, start = 8, 5, 3, 2
+    c1 = {"distance": "cosine", "pos_margin": 1.0 - 1e-5, "neg_margin": 0.5, "reduction": "sum_per_anchor"}
+    cfg = default_config().loss
+    cfg.name, cfg.kwargs = "contrastive", ConfigDict(c1)
+    cfg.xbm.batches, cfg.xbm.start_step, cfg.xbm.mode = batches, start, "release"
+    objective = make_objective(cfg, num_classes=6, embedding_dim=dim, batch_size=batch)
+    rng = np.random.default_rng(4)
+    memory, memory_labels, pointer = np.zeros((batches, batch, dim)), np.zeros((batches, batch), int), 0
+    with jax.enable_x64(True):
+        _, state = objective.init(jax.random.key(0))
+        state = jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, state)
+        used = []
+        for step in range(9):  # before the memory counts, then with it, wrapping around
+            x, labels = rng.normal(size=(batch, dim)), rng.integers(0, 6, batch)
+            memory[pointer % batches], memory_labels[pointer % batches] = x, labels  # enqueueDequeue
+            pointer += 1
+            ready = pointer >= start + batches
+            used.append(ready)
+            expected = release_c1(x, labels) + (release_c1(x, labels, memory.reshape(-1, dim),
+                                                           memory_labels.reshape(-1)) if ready else 0.0)
+            loss, state, _ = objective({"embedding": jnp.asarray(x)}, jnp.asarray(labels), {}, state,
+                                       jnp.asarray(step))
+            np.testing.assert_allclose(float(loss), expected, rtol=1e-10, err_msg=f"step {step}")
+    assert used == [False] * 4 + [True] * 5  # from step index start + batches - 1
+    cfg.xbm.mode = "fifo"
+    with pytest.raises(ValueError, match=r"loss\.xbm\.mode"):
+        make_objective(cfg, num_classes=6, embedding_dim=dim, batch_size=batch)

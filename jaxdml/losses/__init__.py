@@ -5,10 +5,10 @@ Losses are pure functions (``jaxdml.losses.pair``, ``jaxdml.losses.proxy``), min
 use to them, and :func:`make_objective` composes the configured terms, miner, cross-batch memory and ZSR.
 """
 
-from jaxdml.losses.objective import Objective, make_objective
+from jaxdml.losses.objective import XBM_MODES, Objective, make_objective
 from jaxdml.losses.pair import contrastive_loss, multi_similarity_loss
 from jaxdml.losses.registry import LOSSES, MINERS, LossSpec, make_loss
 from jaxdml.losses.zsr import zero_shot_loss
 
-__all__ = ["LOSSES", "MINERS", "LossSpec", "Objective", "contrastive_loss", "make_loss", "make_objective",
+__all__ = ["LOSSES", "MINERS", "XBM_MODES", "LossSpec", "Objective", "contrastive_loss", "make_loss", "make_objective",
            "multi_similarity_loss", "zero_shot_loss"]

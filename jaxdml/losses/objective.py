@@ -4,10 +4,18 @@
 ``loss.extra_terms``); with GSP's zero-shot loss ``total = (1 - zsr.weight) * L + zsr.weight * L_ZSR`` (the
 released code's 0.9 / 0.1), with XBML's cross-batch loss ``(1 - xbml.weight) * L + xbml.weight * L_XBML``
 (:mod:`jaxdml.losses.xbml`; reading r2 applies the same terms and miner to the re-expressed embeddings).
-Pair-based terms see the pairs a miner selects (``loss.miner``) and, with a
-cross-batch memory (XBM, Wang et al. 2020, as pytorch-metric-learning's ``CrossBatchMemory``), pair every anchor
-of the batch with every item of a ring buffer of ``xbm.batches`` past batches (itself excluded) from
-``xbm.start_step`` on. Proxy- and classifier-based terms get their parameters (proxies, class weights) from the
+Pair-based terms see the pairs a miner selects (``loss.miner``) and may use a
+cross-batch memory (XBM, Wang et al. 2020): a ring buffer of the last ``xbm.batches`` batches' embeddings, the
+current one included, in one of two modes (``loss.xbm.mode``):
+
+* ``pml`` (pytorch-metric-learning's ``CrossBatchMemory``): from step ``xbm.start_step`` on, each term pairs every
+  anchor of the batch with every filled memory slot except its own copy, instead of the batch;
+* ``release`` (the GSP/CCP TensorFlow release's ``XBMLoss``): each term is ``L(batch, batch) + L(batch, memory)``,
+  the memory term counted once the memory has been filled after the start, i.e. from the ``xbm.start_step +
+  xbm.batches``-th step (step index ``start_step + batches - 1``), with every slot, the current batch's own copies
+  included (as positives at distance 0, which the release's C1 margin of 1 - 1e-5 leaves inactive).
+
+Proxy- and classifier-based terms get their parameters (proxies, class weights) from the
 train state, where they are checkpointed and optimised with ``optim.lr_mult.loss``.
 """
 
@@ -24,6 +32,13 @@ import ml_collections
 from jaxdml.losses import pair, xbml
 from jaxdml.losses.registry import LossSpec, check_kwargs, loss_spec, miner_fn
 from jaxdml.losses.zsr import zero_shot_loss
+
+# loss.xbm.mode -> what the memory does; the one list of valid names.
+XBM_MODES: dict[str, str] = {
+    "pml": "batch against the memory (own copies excluded) from xbm.start_step on (PML's CrossBatchMemory)",
+    "release": "batch against batch plus batch against the whole memory once filled after xbm.start_step (the "
+               "GSP/CCP release)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +57,7 @@ class Objective:
     miner: Callable[..., Any] | None = None
     xbm_size: int = 0  # memory slots (batches x batch size); 0 = no memory
     xbm_start_step: int = 0
+    xbm_mode: str = "pml"
     zsr_weight: float = 0.0
     zsr_ridge: float = 0.05
     zsr_scale: float = 9.5
@@ -81,6 +97,15 @@ class Objective:
             term_params = params.get(term.name, {})
             if term.spec.kind == "proxy":
                 value = term.spec.fn(embeddings, labels, term_params, **term.kwargs)
+            elif self.xbm_size and self.xbm_mode == "release":
+                filled = self.xbm_start_step + self.xbm_size // embeddings.shape[0] - 1
+                every_slot = jnp.broadcast_to((state["labels"] >= 0)[None, :], memory_mask.shape)
+                memory_value = jax.lax.cond(
+                    step >= filled,
+                    lambda t=term, p=term_params, m=every_slot: self._pair_term(
+                        t, p, embeddings, labels, state["embeddings"], state["labels"], m),
+                    lambda: jnp.zeros((), embeddings.dtype))
+                value = self._pair_term(term, term_params, embeddings, labels) + memory_value
             elif self.xbm_size:
                 value = jax.lax.cond(
                     step >= self.xbm_start_step,
@@ -193,8 +218,11 @@ def make_objective(cfg: ml_collections.ConfigDict, *, num_classes: int, embeddin
                                                      and term.kwargs.get("swap")):
                 raise ValueError(f"loss term {term.name!r} cannot use a cross-batch memory (n-pairs and triplet "
                                  f"swap need the batch as reference); set loss.xbm.batches=0.")
+    if cfg.xbm.mode not in XBM_MODES:
+        raise ValueError(f"loss.xbm.mode must be one of {sorted(XBM_MODES)}; got {cfg.xbm.mode!r}")
     miner = miner_fn(cfg.miner.name, cfg.miner.kwargs.to_dict()) if cfg.miner.name else None
     return Objective(tuple(terms), num_classes, embedding_dim, miner=miner, xbm_size=cfg.xbm.batches * batch_size,
-                     xbm_start_step=cfg.xbm.start_step, zsr_weight=cfg.zsr.weight, zsr_ridge=cfg.zsr.ridge,
-                     zsr_scale=cfg.zsr.scale, xbml_reading=cfg.xbml.reading, xbml_weight=cfg.xbml.weight,
-                     xbml_ridge=cfg.xbml.ridge, xbml_scale=cfg.xbml.scale, embedding_norm=embedding_norm)
+                     xbm_start_step=cfg.xbm.start_step, xbm_mode=cfg.xbm.mode, zsr_weight=cfg.zsr.weight,
+                     zsr_ridge=cfg.zsr.ridge, zsr_scale=cfg.zsr.scale, xbml_reading=cfg.xbml.reading,
+                     xbml_weight=cfg.xbml.weight, xbml_ridge=cfg.xbml.ridge, xbml_scale=cfg.xbml.scale,
+                     embedding_norm=embedding_norm)

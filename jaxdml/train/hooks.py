@@ -1,9 +1,10 @@
-"""Hooks of the training loop: logging and progress, evaluation with model selection, early stopping,
-checkpoints and graceful stops on signals. Trainers choose and order them; each keeps its counters in
+"""Hooks of the training loop: logging and progress, evaluation with model selection, reduce-on-plateau, early
+stopping, checkpoints and graceful stops on signals. Trainers choose and order them; each keeps its counters in
 ``state_dict()`` (saved in every checkpoint) so that an interrupted run resumes to the uninterrupted result.
 
 Order matters: :class:`SignalHook` first (a signal must be seen before the checkpoint decision of the same step),
-then :class:`LogHook`, :class:`EvalHook`, :class:`EarlyStopping`, and :class:`CheckpointHook` last (it saves what
+then :class:`LogHook`, :class:`EvalHook`, :class:`ReduceOnPlateau`, :class:`EarlyStopping`, and
+:class:`CheckpointHook` last (it saves what
 the others decided and raises :class:`~jaxdml.train.loop.Interrupted` after a signal).
 """
 
@@ -17,10 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxdml import distributed
 from jaxdml.train.checkpoint import Checkpointer
 from jaxdml.train.loop import Hook, Interrupted, Loop
+from jaxdml.train.optim import lr_factor
 from jaxdml.train.writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -176,6 +179,56 @@ class EvalHook(Hook):
         loop.events["eval"] = metrics
         loop.events["improved"] = improved
         loop.echo(f"step {step} ({self.split}): {format_metrics(metrics)}")
+
+
+class ReduceOnPlateau(Hook):
+    """Keras' ``ReduceLROnPlateau`` (mode max) on the evaluation metric ``metric``, as the GSP release uses it.
+
+    After each evaluation: during a cooldown the counter of bad evaluations is reset and the cooldown shortened;
+    a value above ``best + min_delta`` is the new best (counter reset); otherwise, out of cooldown, the counter
+    grows, and at ``patience`` the learning-rate factor (the optimiser state's ``lr_factor``,
+    :func:`jaxdml.train.optim.scale_by_plateau`) is multiplied by ``factor``, not below ``min_factor``, if it is
+    above it; then the cooldown starts and the counter is reset. The factor is part of the train state and the
+    counters are this hook's checkpointed state, so a resumed run reduces at the same evaluations.
+    """
+
+    name = "reduce_on_plateau"
+
+    def __init__(self, set_factor: Callable[[Any, float], Any], writer: MetricWriter, *, metric: str, factor: float,
+                 patience: int, min_delta: float, cooldown: int, min_factor: float):
+        self.set_factor, self.writer, self.metric = set_factor, writer, metric
+        self.factor, self.patience, self.min_delta = factor, patience, min_delta
+        self.cooldown, self.min_factor = cooldown, min_factor
+        self.best: float | None = None
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wait = state.get("best"), int(state.get("wait", 0))
+        self.cooldown_counter = int(state.get("cooldown_counter", 0))
+
+    def after_step(self, loop: Loop, step: int) -> None:
+        if "eval" not in loop.events:
+            return
+        value = loop.events["eval"][self.metric]
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        current = lr_factor(loop.state.opt_state)
+        if self.best is None or value > self.best + self.min_delta:
+            self.best, self.wait = float(value), 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            # compared in float32, as Keras compares the rates: a factor already at its floor stays there quietly
+            if self.wait >= self.patience and np.float32(current) > np.float32(self.min_factor):
+                current = max(current * self.factor, self.min_factor)
+                loop.state = self.set_factor(loop.state, current)
+                loop.echo(f"step {step}: {self.metric} on a plateau; learning rate x {current:g}")
+                self.cooldown_counter, self.wait = self.cooldown, 0
+        self.writer.write(step, "plateau", {"lr_factor": current, "wait": self.wait})
 
 
 class EarlyStopping(Hook):

@@ -7,14 +7,20 @@ rate is the schedule times ``optim.lr_mult.<group>`` (proxy losses use e.g. 100 
 biases (any parameter with fewer than two dimensions). With ``model.freeze_bn`` the backbone's BatchNorm
 scale and offset are frozen along with its running statistics (as the original TF framework and the
 Proxy-Anchor code do).
+
+Gradients are clipped as the GSP/CCP release clips them: to global norm ``optim.grad_clip_norm``, then each entry to
+``[-optim.grad_clip_value, optim.grad_clip_value]``. With ``optim.plateau.factor`` the updates are multiplied by a
+factor that lives in the optimiser state (:func:`scale_by_plateau`), which the reduce-on-plateau hook
+(``jaxdml.train.hooks.ReduceOnPlateau``) lowers when the evaluation metric stalls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -48,6 +54,39 @@ OPTIMIZERS: dict[str, Callable[[ml_collections.ConfigDict, optax.Schedule, Any],
     "sgd": lambda cfg, lr, mask: _l2(cfg, mask, optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)),
     "rmsprop": lambda cfg, lr, mask: _l2(cfg, mask, optax.rmsprop(lr, momentum=cfg.momentum)),
 }
+
+
+class PlateauScale(NamedTuple):
+    """The optimiser state of :func:`scale_by_plateau`: the factor on every update (1 until a plateau)."""
+
+    lr_factor: jax.Array
+
+
+def scale_by_plateau() -> optax.GradientTransformation:
+    """Multiplies the updates by ``lr_factor`` from the optimiser state. Placed last in the chain, this scales the
+    learning rate of every group (and AdamW's decoupled decay, which follows the rate), as Keras'
+    ``ReduceLROnPlateau`` does; the factor is changed only by :func:`set_lr_factor`, between steps."""
+
+    def init(params: Any) -> PlateauScale:
+        del params
+        return PlateauScale(lr_factor=jnp.ones((), jnp.float32))
+
+    def update(updates: Any, state: PlateauScale, params: Any = None) -> tuple[Any, PlateauScale]:
+        del params
+        return jax.tree.map(lambda u: u * state.lr_factor.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def lr_factor(opt_state: Any) -> float | None:
+    """The reduce-on-plateau factor in ``opt_state`` (None without :func:`scale_by_plateau`)."""
+    found = optax.tree_utils.tree_get(opt_state, "lr_factor")
+    return None if found is None else float(found)
+
+
+def set_lr_factor(opt_state: Any, factor: jax.Array) -> Any:
+    """``opt_state`` with the reduce-on-plateau factor replaced (traceable: use it under ``jit``)."""
+    return optax.tree_utils.tree_set(opt_state, lr_factor=jnp.asarray(factor, jnp.float32))
 
 
 def batchnorm_param_mask(params: Mapping[str, Any], batch_stats: Mapping[str, Any]) -> Any:
@@ -89,8 +128,13 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, params: Mappi
     # multi_transform hands each transform the whole tree (other groups masked), so masks are whole-tree.
     transforms = {g: OPTIMIZERS[cfg.name](cfg, group_schedule(g), decay_mask) for g in groups}
     transforms["frozen"] = optax.set_to_zero()
-    chain = [optax.multi_transform(transforms, labels)]
-    if cfg.grad_clip_norm > 0:
-        chain.insert(0, optax.clip_by_global_norm(cfg.grad_clip_norm))
+    chain = []
+    if cfg.grad_clip_norm > 0:  # the release: the global norm first, then the value
+        chain.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+    if cfg.grad_clip_value > 0:
+        chain.append(optax.clip(cfg.grad_clip_value))
+    chain.append(optax.multi_transform(transforms, labels))
+    if cfg.plateau.factor > 0:
+        chain.append(scale_by_plateau())
     return optax.chain(*chain)
 

@@ -31,7 +31,7 @@ from jaxdml.eval import EVALUATORS
 from jaxdml.train import hooks as hk
 from jaxdml.train.checkpoint import Checkpointer, CorruptCheckpointError, abstract_like
 from jaxdml.train.loop import Hook, Loop, prefetch
-from jaxdml.train.optim import make_optimizer
+from jaxdml.train.optim import make_optimizer, set_lr_factor
 from jaxdml.train.state import ExtraFn, InitFn, TrainState, create_mesh, create_state
 from jaxdml.train.step import LossFn, batch_sharding, make_predict_step, make_train_step
 from jaxdml.train.writers import MetricWriter, NullWriter
@@ -193,6 +193,14 @@ class Trainer:
         hooks: list[Hook] = [hk.SignalHook(), hk.LogHook(self.writer, every=t.log_every, num_steps=t.num_steps,
                                                          batch_size=t.batch_size, progress_bar=t.progress_bar),
                              self.eval_hook]
+        plateau = cfg.optim.plateau
+        if plateau.factor > 0:
+            set_factor = jax.jit(lambda state, factor: state.replace(opt_state=set_lr_factor(state.opt_state, factor)),
+                                 out_shardings=self.state_sharding, donate_argnums=0)
+            hooks.append(hk.ReduceOnPlateau(set_factor, self.writer, metric=cfg.eval.selection_metric,
+                                            factor=plateau.factor, patience=plateau.patience,
+                                            min_delta=plateau.min_delta, cooldown=plateau.cooldown,
+                                            min_factor=plateau.min_lr / cfg.optim.lr))
         if t.patience:
             hooks.append(hk.EarlyStopping(t.patience))
         hooks += [*self.extra_hooks(), hk.CheckpointHook(self.checkpointer, every=t.checkpoint_every,
