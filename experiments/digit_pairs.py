@@ -6,7 +6,7 @@ A small CNN (64-d embeddings, GAP) learns on 50 of the numbers 00-99 with M-per-
 
     python -m jaxdml.main --config experiments/digit_pairs.py --workdir runs/digit_pairs
 
-Expected on 2 CPU cores: about 3 minutes (400 steps). Held-out numbers (1,500 images, 50 classes), seed 0
+Expected on 2 CPU cores: about 4 minutes (400 steps). Held-out numbers (1,500 images, 50 classes), seed 0
 (seeds 0-2: mean +- std), measured at commit d9073a8 by `python benchmarks/embedded_results.py --only digit_pairs`:
     untrained   P@1 37.60 (40.49 +- 3.08)  MAP@R  7.26 (7.66 +- 0.38)  R-precision 16.18 (16.61 +- 0.41)
     trained     P@1 98.20 (98.51 +- 0.34)  MAP@R 89.63 (90.71 +- 1.11)  R-precision 91.09 (91.96 +- 0.86)
