@@ -1,27 +1,26 @@
 """The GSP recipe on the real DML datasets (shared by experiments/gsp_*.py and their gap_* twins).
 
 Released recipe (TF framework, sample_runs.sh: ``--loss=zsr/xbm/original_contrastive
---pooling=GeneralizedSumPooling``): GSP with K = 64 prototypes (CUB, Cars) or 128 (SOP, In-Shop), transport
-ratio 0.3, gamma 5, prototypes by greedy k-center over 1,024 GAP embeddings; C1 contrastive loss (cosine
-similarity, negatives above 0.5 penalised) with the release's cross-batch memory of 25 / 1,400 / 400 batches
-(CUB & Cars / SOP / In-Shop): L(batch, batch) + L(batch, memory), the memory term once the memory has filled
-after step 100 (resnet50_small: CUB, Cars) or 1,000 (resnet50_large: SOP, In-Shop), i.e. from step 125 / 2,400 /
-1,400; 0.9 * L_C1 + 0.1 * L_ZSR. Here on the conventional single-model protocol with
-ResNet-50 (ImageNet weights from ``weights/resnet50``, made by ``python -m jaxdml.models.convert``; 512-d,
-frozen BN, 28 x 4 batches, Adam, weight decay 4e-4 off BN/biases, GeM over the GSP-weighted features as the
-release's resnet50 configs). Schedule as the release's conventional configs: validation every "epoch" of 25
-steps (CUB, Cars) or 250 (SOP, In-Shop) on R@1 (its monitored "recall"); the learning rate halves after 4 (3)
-validations without a gain of 1e-3 (Keras' ReduceLROnPlateau: cooldown 2, floor 1e-6); training stops after 15
-(10) validations without a new best, and the best checkpoint is the result; gradients clipped to global norm 10,
-then value 10. 227 x 227 crops (the release's for every backbone). Images are decoded once into the image cache
-(``data.cache_dir``). The GAP twins (``gap_*.py``) change only the pooling, to GAP + GMP as the release's
-conventional baseline (``GlobalPooling`` with ``use_max``), and drop ZSR, which needs GSP's attributes. For the
-release's BN-Inception (MLRC protocol) set ``model.backbone=bninception`` and its converted weights.
+--pooling=GeneralizedSumPooling``): GSP with K = 64 prototypes (CUB, Cars) or 128 (SOP, In-Shop), transport ratio
+0.3, gamma 5, prototypes by greedy k-center over 1,024 GAP embeddings; C1 contrastive loss (cosine similarity,
+negatives above 0.5 penalised) with the release's cross-batch memory of 25 / 1,400 / 400 batches (CUB & Cars / SOP /
+In-Shop): L(batch, batch) + L(batch, memory), the memory term once the memory has filled after step 100
+(resnet50_small: CUB, Cars) or 1,000 (resnet50_large: SOP, In-Shop), i.e. from step 125 / 2,400 / 1,400; 0.9 * L_C1
++ 0.1 * L_ZSR. Here on the conventional single-model protocol with ResNet-50 (ImageNet weights from
+``weights/resnet50``, made by ``python -m jaxdml.models.convert``; 512-d, frozen BN, 28 x 4 batches, Adam, weight
+decay 4e-4 off BN/biases; as the release's resnet50_small (CUB, Cars): GeM over the backbone map weighted by the
+transported mass, then the projection; as its resnet50_large (SOP, In-Shop): the weighted sum plus the projection of
+the backbone's max pool). Schedule as the release's conventional configs: validation every "epoch" of 25 steps (CUB,
+Cars) or 250 (SOP, In-Shop) on R@1 (its monitored "recall"); the learning rate halves after 4 (3) validations
+without a gain of 1e-3 (Keras' ReduceLROnPlateau: cooldown 2, floor 1e-6); training stops after 15 (10) validations
+without a new best, and the best checkpoint is the result; gradients clipped to global norm 10, then value 10. 227 x
+227 crops (the release's for every backbone). Images are decoded once into the image cache (``data.cache_dir``). The
+GAP twins (``gap_*.py``) change only the pooling, to GAP + GMP as the release's conventional baseline
+(``GlobalPooling`` with ``use_max``), and drop ZSR, which needs GSP's attributes. For the release's BN-Inception
+(MLRC protocol) set ``model.backbone=bninception`` and its converted weights.
 
-Not yet as the release (issue 15): GeM is applied after the projection (the release: to the backbone map weighted
-by N * w, then projected); SOP / In-Shop's max-pool augmentation adds the max pool of the projected features (the
-release: the projection of the backbone's max pool); the prototype memory holds unit-normalised vectors and its
-k-center is not seeded with its first K entries.
+Not yet as the release (issue 15): the prototype memory holds unit-normalised vectors and its k-center is not
+seeded with its first K entries.
 """
 
 from jaxdml.config import default_config
@@ -53,7 +52,8 @@ def get_config(dataset: str, pooling: str = "gsp"):
     config.model.gsp.transport_ratio = 0.3
     config.model.gsp.gamma = 5.0
     config.model.gsp.memory_size = 1024
-    config.model.gsp.gem = True
+    config.model.gsp.gem = small  # resnet50_small: use_gemp
+    config.model.gsp.augment_max_pool = not small  # resnet50_large: augment_max_pool
     config.loss.name = "contrastive"
     config.loss.kwargs.distance = "cosine"
     config.loss.kwargs.pos_margin = 1.0 - 1e-5  # positives: [1 - 1e-5 - s]+, as the TF original_contrastive

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdml.layers import greedy_k_center, gsp_pool, l2_normalize
+from jaxdml.layers import greedy_k_center, gsp_pool, gsp_weights, l2_normalize
 from jaxdml.models import GSPHead
 
 
@@ -68,3 +68,29 @@ def test_variants_give_unit_embeddings_and_gradients(augment_max_pool, gem):
         variables["params"])
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
     assert float(jnp.abs(grads["prototypes"]).max()) > 0
+
+
+@pytest.mark.parametrize(("augment_max_pool", "gem"), [(True, False), (False, True), (True, True)])
+def test_variants_follow_the_release(augment_max_pool, gem):
+    """The release's transport_pool / gmeanp / call: GeM over the backbone map weighted by N * w, then the
+    projection; the max-pool augmentation adds the projection of the backbone's global max pool."""
+    head = GSPHead(embedding_dim=6, num_prototypes=4, memory_size=0, augment_max_pool=augment_max_pool, gem=gem,
+                   transport_ratio=0.5)
+    features = jax.nn.relu(jax.random.normal(jax.random.key(2), (3, 4, 4, 5)))  # a backbone map: non-negative
+    variables = head.init(jax.random.key(3), features)
+    out = head.apply(variables, features)
+    kernel = np.asarray(variables["params"]["projection"]["kernel"], np.float64)
+    local = np.asarray(features, np.float64).reshape(3, 16, 5)
+    weights, _ = gsp_weights(jnp.asarray(local @ kernel, jnp.float32), variables["params"]["prototypes"],
+                             transport_ratio=0.5, gamma=5.0)
+    weights = np.asarray(weights, np.float64)
+    if gem:
+        scaled = np.maximum(16 * weights[..., None] * local, 1e-6)
+        expected = (np.mean(scaled**3, axis=1) ** (1 / 3)) @ kernel
+    else:
+        expected = np.einsum("bn,bnd->bd", weights, local @ kernel)
+    if augment_max_pool:
+        expected = expected + local.max(axis=1) @ kernel
+    np.testing.assert_allclose(out["raw_embedding"], expected, rtol=1e-4, atol=1e-5)
+    if gem:
+        assert (np.asarray(out["raw_embedding"]) < 0).any(), "GeM before the projection keeps negative coordinates"

@@ -62,8 +62,11 @@ class GSPHead(nn.Module):
     L2-normalised GAP embeddings fills during training; then :meth:`refresh` (run by the train step after
     each update) sets them to the greedy k-center points of the memory, and GSP takes over. With
     ``memory_size=0`` the prototypes start as ``prototype_init`` gives them (e.g. vectors from a file).
-    Variants: ``augment_max_pool`` adds the max pool of the projected features; ``gem`` replaces the
-    weighted sum by generalised-mean pooling (learnable p, initially 3) of the GSP-weighted features.
+    Variants, as the release (``GeneralizedSumPooling.transport_pool`` / ``gmeanp`` / ``call``):
+    ``augment_max_pool`` adds the projection of the backbone map's global max pool; ``gem`` replaces the weighted
+    sum by the projection of the generalised mean (learnable p, initially 3) of the backbone map weighted by
+    ``N * w`` (the per-location transported mass, mean 1) and clamped at 1e-6. GeM is taken over the backbone's
+    non-negative map, before the projection, so embedding coordinates keep their sign.
     """
 
     embedding_dim: int
@@ -82,7 +85,8 @@ class GSPHead(nn.Module):
     def __call__(self, features: jnp.ndarray, train: bool = False, return_plan: bool = False
                  ) -> dict[str, jnp.ndarray]:
         b, d, k = features.shape[0], self.embedding_dim, self.num_prototypes
-        projected = nn.Dense(d, use_bias=False, dtype=self.dtype, name="projection")(features)
+        projection = nn.Dense(d, use_bias=False, dtype=self.dtype, name="projection")
+        projected = projection(features)
         x = projected.reshape(b, -1, d).astype(jnp.float32)  # (B, N, D) local features
         n = x.shape[1]
         prototypes = self.param("prototypes", self.prototype_init, (k, d), jnp.float32)
@@ -95,9 +99,11 @@ class GSPHead(nn.Module):
         def gsp_branch():
             weights, plan = gsp_weights(x, prototypes, transport_ratio=self.transport_ratio, gamma=self.gamma,
                                         method=self.method)
-            if self.gem:
-                scaled = jnp.maximum(n * weights[..., None] * x, 1e-6)
-                pooled = jnp.mean(scaled**power, axis=1) ** (1.0 / power)
+            if self.gem:  # the release's gmeanp(N w * backbone map), then the projection
+                local = features.reshape(b, n, -1).astype(jnp.float32)
+                scaled = jnp.maximum(n * weights[..., None] * local, 1e-6)
+                mean = jnp.mean(scaled**power, axis=1) ** (1.0 / power)
+                pooled = projection(mean.astype(self.dtype)).astype(jnp.float32)
             else:
                 pooled = jnp.einsum("bn,bnd->bd", weights, x)
             return pooled, jnp.sum(plan, axis=-1) / self.transport_ratio, plan
@@ -112,8 +118,9 @@ class GSPHead(nn.Module):
             slots = (count.value + jnp.arange(b)) % self.memory_size
             memory.value = jnp.where(ready.value, memory.value, memory.value.at[slots].set(gap))
             count.value = jnp.where(ready.value, count.value, count.value + b)
-        if self.augment_max_pool:
-            pooled = pooled + jnp.max(x, axis=1)
+        if self.augment_max_pool:  # + the projection of the backbone's global max pool
+            maximum = jnp.max(features.reshape(b, n, -1), axis=1)
+            pooled = pooled + projection(maximum).astype(jnp.float32)
         outputs = {"embedding": EMBEDDING_NORMS[self.embedding_norm](pooled), "raw_embedding": pooled,
                    "attributes": attributes}
         if return_plan:
