@@ -19,4 +19,6 @@ def get_config(method: str = "letkd2"):
     config = load_sibling(__file__, "_letkd_tiny_imagenet").get_config("mobilenetv2", "cifar_resnet50", method, lr=0.01)
     config.distill.letkd.student_block = "blocks3_0"
     config.distill.hint_block = "blocks2_0"
+    config.distill.letkd.penultimate_alpha = 0.5  # supp. §1.2: this pair only, on Tiny-ImageNet
+    config.distill.letkd.intermediate_alpha = 1.0
     return config

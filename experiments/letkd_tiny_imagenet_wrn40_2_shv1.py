@@ -1,6 +1,6 @@
 """Tiny-ImageNet distillation, WRN-40-2 -> ShuffleNetV1: letKD-2 by default; ``:none|kd|fitnet|letkd1`` too.
 
-Recipe: experiments/_letkd_tiny_imagenet.py (the CIFAR-100 schedule on 64x64, rotation + flip, alpha 0.5 /
+Recipe: experiments/_letkd_tiny_imagenet.py (the CIFAR-100 schedule on 64x64, rotation + flip, alpha 1 /
 1, lr 0.01). Prepare the data, train the teacher, then the student:
 
     python -m jaxdml.data.prepare --dataset tiny_imagenet --manual_dir DIR

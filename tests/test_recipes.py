@@ -1,0 +1,48 @@
+"""The released recipes' settings, read from the experiment files (letKD supplement §1.2, the GSP release's
+resnet50_small / resnet50_large / default configs): each line of this file is a value of the release."""
+
+import pytest
+from train_helpers import REPO
+
+from jaxdml.config import load_config_file
+from jaxdml.trainers import resolve_config
+
+EXPERIMENTS = REPO / "experiments"
+
+
+def config(name):
+    cfg = load_config_file(EXPERIMENTS / name)
+    resolve_config(cfg)  # and it validates
+    return cfg
+
+
+@pytest.mark.parametrize(("pair", "alphas"), [
+    ("rn50_mnv2", (0.5, 1.0)),  # "for Tiny-ImageNet, we arrange alpha_penult = 0.5 and alpha_inter = 1"
+    ("rn56_rn20", (1.0, 1.0)), ("wrn40_2_wrn16_2", (1.0, 1.0)), ("wrn40_2_wrn40_1", (1.0, 1.0)),
+    ("wrn40_2_shv1", (1.0, 1.0)),  # "(1, 1) in all models except for RN50-MNV2"
+])
+def test_tiny_imagenet_residual_weights(pair, alphas):
+    letkd = config(f"letkd_tiny_imagenet_{pair}.py").distill.letkd
+    assert (letkd.penultimate_alpha, letkd.intermediate_alpha) == alphas
+
+
+@pytest.mark.parametrize(("dataset", "small"), [("cub", True), ("cars", True), ("sop", False), ("inshop", False)])
+def test_gsp_recipe_is_the_releases(dataset, small):
+    cfg = config(f"gsp_{dataset}.py")
+    epoch = 25 if small else 250
+    assert cfg.data.image_size == 227
+    assert (cfg.model.gsp.gem, cfg.model.gsp.augment_max_pool) == (small, not small)
+    assert (cfg.loss.xbm.mode, cfg.loss.xbm.start_step) == ("release", 100 if small else 1000)
+    assert (cfg.train.eval_every, cfg.train.patience) == (epoch, 15 if small else 10)
+    p = cfg.optim.plateau
+    assert (p.factor, p.patience, p.min_delta, p.cooldown, p.min_lr) == (0.5, 4 if small else 3, 1e-3, 2, 1e-6)
+    assert (cfg.optim.grad_clip_norm, cfg.optim.grad_clip_value) == (10.0, 10.0)
+    assert cfg.eval.selection_metric == "precision_at_1"  # the release monitors recall@1
+    twin = config(f"gap_{dataset}.py")
+    assert (twin.model.pooling, twin.loss.zsr.weight) == ("gap+gmp", 0.0)
+
+
+def test_mlrc_recipe_clips_and_uses_the_releases_memory():
+    cfg = config("ccp_cub.py:c2_xbm")
+    assert (cfg.optim.grad_clip_norm, cfg.optim.grad_clip_value) == (10.0, 10.0)
+    assert (cfg.loss.xbm.mode, cfg.loss.xbm.start_step, cfg.loss.xbm.batches) == ("release", 1000, 25)
