@@ -46,3 +46,15 @@ def test_mlrc_recipe_clips_and_uses_the_releases_memory():
     cfg = config("ccp_cub.py:c2_xbm")
     assert (cfg.optim.grad_clip_norm, cfg.optim.grad_clip_value) == (10.0, 10.0)
     assert (cfg.loss.xbm.mode, cfg.loss.xbm.start_step, cfg.loss.xbm.batches) == ("release", 1000, 25)
+
+
+@pytest.mark.parametrize("dataset", ["cifar100", "tiny_imagenet"])
+def test_rn50_to_mobilenetv2_intermediate_layer_is_where_the_release_puts_it(dataset):
+    """After the student's blocks[5] (the 80-channel stage; our blocks5_2), reading the teacher's layer4[0]."""
+    from jaxdml.models.cifar import CIFAR_NETWORKS
+
+    letkd = config(f"letkd_{dataset}_rn50_mnv2.py").distill.letkd
+    assert (letkd.student_block, letkd.teacher_block) == ("blocks5_2", "layer4_0")
+    student = CIFAR_NETWORKS["mobilenetv2"](100)
+    assert [b for b in student.block_names() if b.startswith("blocks5_")][-1] == "blocks5_2"
+    assert int(student.stages()[5][1] * student.width) == 80
