@@ -2,15 +2,16 @@
 
 letKD paper (BMVC 2023) and the KD code base (CRD): batch 64, SGD with Nesterov momentum 0.9, weight decay
 5e-4, 240 epochs, lr 0.05 (0.01 for MobileNet / ShuffleNet students) divided by 10 at epochs 150, 180 and
-210; RandomCrop(32, padding 4) + horizontal flip; CIFAR-100 mean/std normalisation. Methods:
+210; RandomCrop(32, padding 4, padding_mode='reflect') + horizontal flip, as the letKD release's
+cifar_dataset.py; CIFAR-100 mean/std normalisation; weight decay on every parameter (torch's SGD over
+``net.parameters()``, BatchNorm, biases and the LeTKD layer's cosine scales included: ``optim.decay_all``). Methods:
   none    cross-entropy only (the student baseline)
   kd      0.1 CE + 0.9 Hinton KD at T = 4 (CRD's -r 0.1 -a 0.9)
   fitnet  CE + 100 x hint MSE (student and teacher layer2_0 / block2_0, CRD's hint layer)
   letkd1  CE + the penultimate LeTKD layer (K = 4,096 k-means words of the teacher's last stage, T = 1)
   letkd2  letkd1 + the intermediate LeTKD layer after the first block of stage 3 (LDA to 60 dims, 8
           sub-classes per class = 800 words)
-Deviations: weight decay skips BatchNorm parameters and biases (CRD decays them too); the teacher map is
-2x2-average-pooled only where it is twice the student's size (as letKD's ``downscale``).
+The teacher map is average-pooled to the student's size where they differ (as letKD's ``downscale``).
 """
 
 from jaxdml.config import default_config
@@ -36,6 +37,7 @@ def get_config(student: str, teacher: str | None = None, method: str = "none", l
     config.data.sampler = "shuffle"
     config.data.augment = "pad_crop"
     config.data.crop_padding = 4
+    config.data.pad_mode = "reflect"  # the letKD release; data.pad_mode="zeros" for CRD's zero padding
     config.data.num_workers = 8
     config.model.backbone = student
     steps = STEPS_PER_EPOCH * EPOCHS
@@ -44,6 +46,7 @@ def get_config(student: str, teacher: str | None = None, method: str = "none", l
     config.optim.momentum = 0.9
     config.optim.nesterov = True
     config.optim.weight_decay = 5e-4
+    config.optim.decay_all = True  # torch SGD's weight_decay: every parameter
     config.optim.schedule = "step"
     config.optim.step_boundaries = tuple(STEPS_PER_EPOCH * e for e in (150, 180, 210))
     config.train.batch_size = 64

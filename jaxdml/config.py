@@ -36,6 +36,7 @@ from ml_collections import config_dict
 from jaxdml.data.datasets import DATASETS
 from jaxdml.data.pipeline import AUGMENTATIONS
 from jaxdml.data.sampler import GROUPED_SAMPLERS, SAMPLERS
+from jaxdml.data.transforms import PAD_MODES
 from jaxdml.errors import ConfigError
 from jaxdml.eval import EVALUATORS
 from jaxdml.kernels import METHODS as GSP_METHODS
@@ -86,7 +87,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.cache_dir = config_dict.placeholder(str)
     # random_resized_crop | pad_crop (CIFAR: pad, random crop) | rotate (random rotation; Tiny-ImageNet) | none
     c.data.augment = "random_resized_crop"
-    c.data.crop_padding = 4  # pad_crop: pixels of zero padding on each side
+    c.data.crop_padding = 4  # pad_crop: pixels of padding on each side
+    c.data.pad_mode = "zeros"  # pad_crop: zeros | reflect (torchvision padding_mode="reflect"; the letKD release)
     c.data.rotation_degrees = 20.0  # rotate: angles uniform in [-degrees, degrees]
     c.data.skip_corrupt = False  # undecodable images: error (False) or replace/skip and count (True)
 
@@ -144,7 +146,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adam"  # adam | adamw | sgd | rmsprop
     c.optim.lr = 1e-3
-    c.optim.weight_decay = 0.0  # decoupled for adamw; L2 added to gradients otherwise; never on BN/biases
+    c.optim.weight_decay = 0.0  # decoupled for adamw; L2 added to gradients otherwise; never on BN/biases ...
+    c.optim.decay_all = False  # ... unless True: every trained parameter (torch's SGD weight_decay; the letKD release)
     c.optim.momentum = 0.9  # sgd / rmsprop
     c.optim.nesterov = False  # sgd
     c.optim.b1 = 0.9
@@ -258,6 +261,7 @@ CHOICES: dict[str, Iterable[str]] = {
     "data.name": DATASETS,
     "data.sampler": SAMPLERS,
     "data.augment": AUGMENTATIONS,
+    "data.pad_mode": PAD_MODES,
     "model.backbone": (*BACKBONES, *CIFAR_NETWORKS),
     "model.pooling": POOLING_NAMES,
     "model.gsp.method": GSP_METHODS,

@@ -58,3 +58,48 @@ def test_rn50_to_mobilenetv2_intermediate_layer_is_where_the_release_puts_it(dat
     student = CIFAR_NETWORKS["mobilenetv2"](100)
     assert [b for b in student.block_names() if b.startswith("blocks5_")][-1] == "blocks5_2"
     assert int(student.stages()[5][1] * student.width) == 80
+
+
+def test_letkd_cifar_recipe_reflects_and_decays_every_parameter():
+    student = config("letkd_cifar100_rn56_rn20.py")
+    assert (student.data.augment, student.data.pad_mode, student.optim.decay_all) == ("pad_crop", "reflect", True)
+    teacher = config("cifar100_teacher.py:resnet56")  # the KD code base's teachers: zero padding
+    assert (teacher.data.pad_mode, teacher.optim.decay_all) == ("zeros", True)
+
+
+def test_reflect_padding_is_torchvisions():
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    functional = pytest.importorskip("torchvision.transforms.functional")
+    from jaxdml.data.transforms import pad_crop_transform
+
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for mode, torch_mode in (("reflect", "reflect"), ("zeros", "constant")):
+        # a crop of the whole padded image is the padded image
+        ours = pad_crop_transform(image, np.random.default_rng(1), size=40, padding=4, flip=False, pad_mode=mode)
+        theirs = functional.pad(torch.from_numpy(image).permute(2, 0, 1), [4], padding_mode=torch_mode)
+        np.testing.assert_array_equal(ours, theirs.permute(1, 2, 0).numpy())
+
+
+def test_decay_all_decays_batchnorm_and_biases_too():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxdml.config import default_config
+    from jaxdml.train.optim import make_optimizer
+
+    params = {"backbone": {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "bn": {"scale": jnp.ones(4),
+                                                                             "bias": jnp.full(4, 2.0)}}}
+    stats = {"backbone": {"bn": {"mean": jnp.zeros(4), "var": jnp.ones(4)}}}
+    cfg = default_config().optim
+    cfg.name, cfg.lr, cfg.momentum, cfg.weight_decay = "sgd", 0.1, 0.0, 0.01
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    for decay_all in (False, True):
+        cfg.decay_all = decay_all
+        tx = make_optimizer(cfg, 10, params, stats)
+        updates, _ = tx.update(zeros, tx.init(params), params)
+        np.testing.assert_allclose(updates["backbone"]["conv"]["kernel"], -0.1 * 0.01, rtol=1e-6)
+        expected_bias = -0.1 * 0.01 * 2.0 if decay_all else 0.0
+        np.testing.assert_allclose(updates["backbone"]["bn"]["bias"], expected_bias, rtol=1e-6, atol=0)

@@ -48,7 +48,8 @@ def _random_resized_crop(b: TrainBatches, image: np.ndarray, rng: np.random.Gene
 
 
 def _pad_crop(b: TrainBatches, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return transforms.pad_crop_transform(image, rng, size=b.image_size, padding=b.crop_padding, flip=b.flip)
+    return transforms.pad_crop_transform(image, rng, size=b.image_size, padding=b.crop_padding, flip=b.flip,
+                                         pad_mode=b.pad_mode)
 
 
 def _rotate(b: TrainBatches, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -62,7 +63,7 @@ def _no_augmentation(b: TrainBatches, image: np.ndarray, rng: np.random.Generato
 # data.augment -> the train transform; the one list of valid names.
 AUGMENTATIONS: dict[str, Callable[[TrainBatches, np.ndarray, np.random.Generator], np.ndarray]] = {
     "random_resized_crop": _random_resized_crop,  # area / aspect-ratio ranges, flip
-    "pad_crop": _pad_crop,  # CIFAR: zero-pad crop_padding pixels, random crop, flip
+    "pad_crop": _pad_crop,  # CIFAR: pad crop_padding pixels (data.pad_mode), random crop, flip
     "rotate": _rotate,  # rotation by up to rotation_degrees + flip (Tiny-ImageNet in letKD)
     "none": _no_augmentation,  # a random image_size crop, unpadded, unflipped (the image itself at that size)
 }
@@ -81,6 +82,7 @@ class TrainBatches:
     crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
     crop_padding: int = 4
+    pad_mode: str = "zeros"
     rotation_degrees: float = 20.0
     skip_corrupt: bool = False
     shard_index: int = 0  # this host's slice of the global batch (multi-host runs)

@@ -50,11 +50,16 @@ def train_transform(image: np.ndarray, rng: np.random.Generator, *, size: int,
     return out
 
 
+# data.pad_mode -> np.pad's mode (torchvision RandomCrop's padding_mode "constant" with fill 0, or "reflect").
+PAD_MODES: dict[str, str] = {"zeros": "constant", "reflect": "reflect"}
+
+
 def pad_crop_transform(image: np.ndarray, rng: np.random.Generator, *, size: int, padding: int,
-                       flip: bool) -> np.ndarray:
-    """Zero-pad by ``padding`` pixels, take a random ``size`` x ``size`` crop, optionally flip (the CIFAR
-    augmentation, ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``)."""
-    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+                       flip: bool, pad_mode: str = "zeros") -> np.ndarray:
+    """Pad by ``padding`` pixels (zeros, or a reflection without the edge repeated), take a random ``size`` x
+    ``size`` crop, optionally flip (the CIFAR augmentation, ``RandomCrop(32, padding=4, padding_mode=...)`` +
+    ``RandomHorizontalFlip``; letKD's release reflects)."""
+    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)), mode=PAD_MODES[pad_mode])
     top = int(rng.integers(0, padded.shape[0] - size + 1))
     left = int(rng.integers(0, padded.shape[1] - size + 1))
     out = padded[top:top + size, left:left + size]

@@ -4,7 +4,8 @@ Parameters are grouped by their top-level key (``backbone``, ``head``, ``loss``)
 rate is the schedule times ``optim.lr_mult.<group>`` (proxy losses use e.g. 100 for ``loss``), and
 ``optim.freeze_backbone_steps`` keeps the backbone still while the head and proxies warm up. Weight decay
 (which follows the group's rate) never touches BatchNorm parameters or
-biases (any parameter with fewer than two dimensions). With ``model.freeze_bn`` the backbone's BatchNorm
+biases (any parameter with fewer than two dimensions), unless ``optim.decay_all`` (torch's SGD ``weight_decay``
+over ``model.parameters()``, as the letKD release trains). With ``model.freeze_bn`` the backbone's BatchNorm
 scale and offset are frozen along with its running statistics (as the original TF framework and the
 Proxy-Anchor code do).
 
@@ -106,7 +107,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, params: Mappi
                    batch_stats: Mapping[str, Any], freeze_bn: bool = False) -> optax.GradientTransformation:
     """The optax transformation for ``params`` (a dict keyed by parameter group)."""
     schedule = learning_rate_schedule(cfg, num_steps)
-    decay_mask = jax.tree.map(lambda p: p.ndim > 1, params)
+    decay_mask = jax.tree.map(lambda p: cfg.decay_all or p.ndim > 1, params)
     is_bn = batchnorm_param_mask(params, batch_stats)
     groups = list(params)
     unknown = [g for g in groups if g not in cfg.lr_mult]
