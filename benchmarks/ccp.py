@@ -33,6 +33,7 @@ from jaxdml.trainers import ccp_procedure, metric_learning_procedure, resolve_co
 
 
 def step_seconds(variant: str, args: argparse.Namespace) -> float:
+    """Median seconds of the MLRC recipe's train step in ``variant`` (any of ``_mlrc_recipe.VARIANTS``)."""
     cfg = load_config_file(f"experiments/ccp_cub.py:{variant}")
     cfg.model.backbone, cfg.model.pretrained = args.backbone, None
     cfg.data.image_size = cfg.data.resize_size = args.image_size

@@ -21,38 +21,11 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-from train_step import _timed  # benchmarks/ is the script's directory, first on sys.path
+from ccp import step_seconds  # the MLRC recipe's step; benchmarks/ is the script's directory, first on sys.path
+from train_step import _timed
 
-from jaxdml.config import load_config_file
 from jaxdml.losses import contrastive_loss
 from jaxdml.losses import xbml as xbml_loss
-from jaxdml.train.state import create_mesh
-from jaxdml.train.step import batch_sharding
-from jaxdml.trainers import metric_learning_procedure, resolve_config, setup_training
-
-
-def step_seconds(variant: str, args: argparse.Namespace) -> float:
-    cfg = load_config_file(f"experiments/xbml_cub.py:{variant}")
-    cfg.model.backbone, cfg.model.pretrained = args.backbone, None
-    cfg.data.image_size = cfg.data.resize_size = args.image_size
-    cfg.model.compute_dtype = args.dtype
-    cfg, _ = resolve_config(cfg)
-    mesh = create_mesh()
-    setup = setup_training(cfg, metric_learning_procedure(cfg, args.classes), mesh)
-    state = setup.state
-    b = cfg.train.batch_size
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (b, args.image_size, args.image_size, 3), np.uint8)
-    labels = np.repeat(rng.choice(args.classes, b // 4, replace=False), 4).astype(np.int32)
-    batch = {"images": jax.device_put(images, batch_sharding(mesh)),
-             "labels": jax.device_put(labels, batch_sharding(mesh))}
-
-    def step() -> None:
-        nonlocal state
-        state, metrics = setup.train_step(state, batch)
-        jax.block_until_ready(metrics)
-
-    return _timed(step, args.warmup, args.steps)
 
 
 def loss_seconds(reading: str, args: argparse.Namespace) -> float:

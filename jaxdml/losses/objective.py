@@ -95,9 +95,9 @@ class Objective:
         total = jnp.zeros((), embeddings.dtype)
         for term in self.terms:
             term_params = params.get(term.name, {})
-            if term.spec.kind == "proxy":
-                value = term.spec.fn(embeddings, labels, term_params, **term.kwargs)
-            elif self.xbm_size and self.xbm_mode == "release":
+            if term.spec.kind == "proxy" or not self.xbm_size:
+                value = self._term(term, term_params, embeddings, labels)
+            elif self.xbm_mode == "release":
                 filled = self.xbm_start_step + self.xbm_size // embeddings.shape[0] - 1
                 every_slot = jnp.broadcast_to((state["labels"] >= 0)[None, :], memory_mask.shape)
                 memory_value = jax.lax.cond(
@@ -106,14 +106,12 @@ class Objective:
                         t, p, embeddings, labels, state["embeddings"], state["labels"], m),
                     lambda: jnp.zeros((), embeddings.dtype))
                 value = self._pair_term(term, term_params, embeddings, labels) + memory_value
-            elif self.xbm_size:
+            else:
                 value = jax.lax.cond(
                     step >= self.xbm_start_step,
                     lambda t=term, p=term_params: self._pair_term(t, p, embeddings, labels, state["embeddings"],
                                                                   state["labels"], memory_mask),
                     lambda t=term, p=term_params: self._pair_term(t, p, embeddings, labels))
-            else:
-                value = self._pair_term(term, term_params, embeddings, labels)
             total = total + term.weight * value
             if len(self.terms) > 1:
                 metrics[f"{term.name}_loss"] = value
@@ -142,19 +140,19 @@ class Objective:
                                        scale=self.xbml_scale)
 
         def terms_loss(embeddings: jnp.ndarray, labels: jnp.ndarray, pair_mask: jnp.ndarray) -> jnp.ndarray:
-            value = jnp.zeros((), embeddings.dtype)
-            for term in self.terms:
-                term_params = params.get(term.name, {})
-                if term.spec.kind == "proxy":
-                    value = value + term.weight * term.spec.fn(embeddings, labels, term_params, **term.kwargs)
-                else:
-                    value = value + term.weight * self._pair_term(term, term_params, embeddings, labels,
-                                                                  pair_mask=pair_mask)
-            return value
+            return sum(term.weight * self._term(term, params.get(term.name, {}), embeddings, labels, pair_mask)
+                       for term in self.terms)
 
         raw = outputs["raw_embedding"]
         return xbml.reexpressed_loss(terms_loss, coefficients, raw.astype(jnp.promote_types(raw.dtype, jnp.float32)),
                                      labels, ridge=self.xbml_ridge, normalize=self.embedding_norm)
+
+    def _term(self, term: Term, term_params: dict[str, Any], embeddings: jnp.ndarray, labels: jnp.ndarray,
+              pair_mask: jnp.ndarray | None = None) -> jnp.ndarray:
+        """One term on the batch alone (proxy terms ignore ``pair_mask``)."""
+        if term.spec.kind == "proxy":
+            return term.spec.fn(embeddings, labels, term_params, **term.kwargs)
+        return self._pair_term(term, term_params, embeddings, labels, pair_mask=pair_mask)
 
     def _pair_term(self, term: Term, term_params: dict[str, Any], embeddings: jnp.ndarray, labels: jnp.ndarray,
                    ref_embeddings: jnp.ndarray | None = None, ref_labels: jnp.ndarray | None = None,

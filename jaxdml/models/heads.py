@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdml.layers import (
+    global_average_pool,
     greedy_k_center,
     gsp_weights,
     l2_normalize,
@@ -169,7 +170,7 @@ class XBMLHead(nn.Module):
         prototypes = self.param("prototypes", nn.initializers.glorot_uniform(),
                                 (self.num_prototypes, self.embedding_dim), jnp.float32)
         assignment = prototype_assignment(projected, prototypes, self.softmax_scale)  # (B, N, K)
-        raw = jnp.mean(projected.reshape(projected.shape[0], -1, self.embedding_dim), axis=1)
+        raw = global_average_pool(projected)
         outputs = {"embedding": EMBEDDING_NORMS[self.embedding_norm](raw), "raw_embedding": raw,
                    "attributes": prototype_coefficients(assignment)}
         if return_assignment:
