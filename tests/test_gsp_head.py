@@ -27,23 +27,40 @@ def test_greedy_k_center_matches_farthest_point_selection():
     assert int(chosen[0]) == int(np.argmax(far)) and not set(chosen.tolist()) & {0, 1}
 
 
+def release_k_center(point_set, initial_set, k):
+    """The GSP release's greedyKCenter (proxy_utils.py): min squared distance to the initial set, then argmax."""
+    nearest = ((point_set[:, None] - initial_set[None]) ** 2).sum(-1).min(1)
+    picked = []
+    for _ in range(k):
+        picked.append(point_set[int(np.argmax(nearest))])
+        nearest = np.minimum(nearest, ((point_set - picked[-1]) ** 2).sum(-1))
+    return np.stack(picked)
+
+
 def test_prototypes_come_from_k_center_over_the_gap_memory():
     head = GSPHead(embedding_dim=6, num_prototypes=3, memory_size=8, transport_ratio=0.5)
     features = jax.random.normal(jax.random.key(0), (4, 3, 3, 5))
     variables = head.init(jax.random.key(1), features)
     refresh = lambda v: head.apply(v, method=GSPHead.refresh, mutable=True)[1]
-    for step in range(2):
-        out, updates = head.apply(variables, features + step, train=True, mutable=["gsp"])
+    scales = (0.05, 1.0)  # the first batch's GAP vectors are shorter than 1, the second's longer
+    for step, scale in enumerate(scales):
+        out, updates = head.apply(variables, scale * features + step, train=True, mutable=["gsp"])
         variables = {**variables, **updates}
         # GAP of the projected features until the prototypes exist.
         kernel = variables["params"]["projection"]["kernel"]
-        gap = jnp.mean((features + step) @ kernel, axis=(1, 2))
+        gap = jnp.mean((scale * features + step) @ kernel, axis=(1, 2))
         np.testing.assert_allclose(np.asarray(out["embedding"]), np.asarray(l2_normalize(gap)), rtol=1e-5)
         np.testing.assert_array_equal(np.asarray(out["attributes"]), 0.0)
         variables = {**variables, **refresh(variables)}
         assert bool(variables["gsp"]["ready"]) == (step == 1)
+    # The memory holds v / max(1, |v|) (the release's Lipschitz L2Normalization), not unit vectors.
     memory = np.asarray(variables["gsp"]["memory"])
-    expected = memory[numpy_k_center(memory, 3)]
+    gaps = [np.asarray(jnp.mean((s * features + i) @ kernel, axis=(1, 2))) for i, s in enumerate(scales)]
+    lipschitz = np.concatenate([g / np.maximum(1.0, np.linalg.norm(g, axis=1, keepdims=True)) for g in gaps])
+    np.testing.assert_allclose(memory, lipschitz, rtol=1e-5)
+    assert np.linalg.norm(memory[:4], axis=1).max() < 0.99
+    # k-center seeded with the first K entries, picking K of the entries after them.
+    expected = release_k_center(memory[3:], memory[:3], 3)
     np.testing.assert_allclose(np.asarray(variables["params"]["prototypes"]), expected, rtol=1e-6)
     out = head.apply(variables, features, return_plan=True)
     pooled, attributes = gsp_pool(features @ variables["params"]["projection"]["kernel"], jnp.asarray(expected),
@@ -94,3 +111,18 @@ def test_variants_follow_the_release(augment_max_pool, gem):
     np.testing.assert_allclose(out["raw_embedding"], expected, rtol=1e-4, atol=1e-5)
     if gem:
         assert (np.asarray(out["raw_embedding"]) < 0).any(), "GeM before the projection keeps negative coordinates"
+
+
+def test_a_batch_that_would_overflow_the_memory_fills_its_last_slots():
+    """As the release's fill_memory: with 6 slots and batches of 4, the second batch lands in slots 2-5."""
+    head = GSPHead(embedding_dim=6, num_prototypes=2, memory_size=6, transport_ratio=0.5)
+    features = 0.05 * jax.random.normal(jax.random.key(0), (4, 3, 3, 5))
+    variables = head.init(jax.random.key(1), features)
+    for step in range(2):
+        _, updates = head.apply(variables, features + 0.01 * step, train=True, mutable=["gsp"])
+        variables = {**variables, **updates}
+    kernel = np.asarray(variables["params"]["projection"]["kernel"])
+    gap = lambda step: np.asarray(jnp.mean((features + 0.01 * step) @ kernel, axis=(1, 2)))
+    memory = np.asarray(variables["gsp"]["memory"])
+    np.testing.assert_allclose(memory[:2], gap(0)[:2], rtol=1e-5)
+    np.testing.assert_allclose(memory[2:], gap(1), rtol=1e-5)

@@ -60,7 +60,7 @@ class GSPHead(nn.Module):
 
     Prototypes (K, D) are parameters. By default they are initialised as the released TF code does: the
     head returns plain GAP (and zero attributes) while a memory of the ``memory_size`` most recent
-    L2-normalised GAP embeddings fills during training; then :meth:`refresh` (run by the train step after
+    Lipschitz-normalised GAP embeddings fills during training; then :meth:`refresh` (run by the train step after
     each update) sets them to the greedy k-center points of the memory, and GSP takes over. With
     ``memory_size=0`` the prototypes start as ``prototype_init`` gives them (e.g. vectors from a file).
     Variants, as the release (``GeneralizedSumPooling.transport_pool`` / ``gmeanp`` / ``call``):
@@ -114,10 +114,13 @@ class GSPHead(nn.Module):
 
         pooled, attributes, plan = jax.lax.cond(ready.value, gsp_branch, gap_branch)
         if self.memory_size and train and not self.is_initializing():
-            # Enqueue this batch's normalised GAP embeddings while the prototypes wait for initialisation.
-            gap = l2_normalize(jax.lax.stop_gradient(jnp.mean(x, axis=1)))
-            slots = (count.value + jnp.arange(b)) % self.memory_size
-            memory.value = jnp.where(ready.value, memory.value, memory.value.at[slots].set(gap))
+            # Enqueue this batch's Lipschitz-normalised GAP embeddings while the prototypes wait for initialisation;
+            # as the release's fill_memory, a batch that would overflow the memory fills its last slots.
+            gap = lipschitz_normalize(jax.lax.stop_gradient(jnp.mean(x, axis=1)))[-self.memory_size:]
+            rows = gap.shape[0]
+            begin = jnp.minimum(count.value, self.memory_size - rows)
+            written = jax.lax.dynamic_update_slice(memory.value, gap, (begin, 0))
+            memory.value = jnp.where(ready.value, memory.value, written)
             count.value = jnp.where(ready.value, count.value, count.value + b)
         if self.augment_max_pool:  # + the projection of the backbone's global max pool
             maximum = jnp.max(features.reshape(b, n, -1), axis=1)
@@ -129,15 +132,25 @@ class GSPHead(nn.Module):
         return outputs
 
     def refresh(self) -> None:
-        """Once the memory is full, sets the prototypes to its greedy k-center points (once)."""
+        """Once the memory is full, sets the prototypes to its greedy k-center points (once).
+
+        As the release's ``initialize_support_kernel``: the first K memory entries seed the selection and the K
+        prototypes are picked from the entries after them (plain k-center from the first entry when the memory
+        holds fewer than 2K)."""
         if not self.memory_size:
             return
         ready = self.get_variable("gsp", "ready")
         start = (self.get_variable("gsp", "count") >= self.memory_size) & ~ready
         memory = self.get_variable("gsp", "memory")
         current = self.get_variable("params", "prototypes")
-        prototypes = jax.lax.cond(start, lambda: memory[greedy_k_center(memory, self.num_prototypes)],
-                                  lambda: current)
+        k = self.num_prototypes
+
+        def pick() -> jnp.ndarray:
+            if self.memory_size >= 2 * k:
+                return memory[k:][greedy_k_center(memory[k:], k, initial=memory[:k])]
+            return memory[greedy_k_center(memory, k)]
+
+        prototypes = jax.lax.cond(start, pick, lambda: current)
         self.put_variable("params", "prototypes", prototypes)
         self.put_variable("gsp", "ready", ready | start)
 
