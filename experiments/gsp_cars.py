@@ -1,25 +1,58 @@
-"""Cars196: GSP (generalized sum pooling) + ZSR + XBM + C1 contrastive.
+"""Cars196: GSP (generalized sum pooling) + ZSR + XBM + C1 contrastive, on the conventional and the MLRC protocols.
 
-Recipe and its provenance: experiments/_gsp_recipe.py. Evaluated on Cars196 (classes 99-196).
-Prepare the data once (needs TensorFlow: pip install -e '.[prepare]'):
+Recipes and their provenance: experiments/_gsp_recipe.py (MLRC: also experiments/_mlrc_recipe.py). Evaluated on
+Cars196 (classes 99-196). Prepare the data once (needs TensorFlow: pip install -e '.[prepare]'):
 
     python -m jaxdml.data.prepare --dataset cars196 --manual_dir DIR
 
-and the ImageNet ResNet-50 weights once (torchvision's IMAGENET1K_V1 file; needs torch):
+Conventional protocol (default, no variant): ResNet-50, one 512-d model. The ImageNet ResNet-50 weights once
+(torchvision's IMAGENET1K_V1 file; needs torch), then (from the repository root):
 
     python -m jaxdml.models.convert --arch resnet50 --src resnet50-0676ba61.pth --out weights/resnet50
-
-then (from the repository root):
-
     python -m jaxdml.main --config experiments/gsp_cars.py --workdir runs/gsp_cars
 
-Expected run time and numbers: not measured yet (no dataset, weights or GPU on the development machines).
-The GSP paper's tables are not in our reference material; for orientation only:
-Intra-Batch ResNet-50/512 R@1 88.1; Proxy-Anchor 87.7 (conventional protocol, pretrained).
+Expected run time and numbers: not measured yet (no dataset, weights or GPU on the development machines). The GSP
+paper's tables are not in our reference material; for orientation only: Intra-Batch ResNet-50/512 R@1 88.1;
+Proxy-Anchor 87.7 (conventional protocol, pretrained).
+
+MLRC protocol (variant after the colon), the release's BN-Inception runs (sample_runs.sh, configs/dml_small.yaml):
+BN-Inception with frozen BN, 4 class-disjoint folds x 128-d (512-d concatenated), 8 classes x 4 images, Adam lr 1e-5
+(constant), GSP with K = 64 prototypes (transport ratio 0.3, gamma 5, k-center over 1,024 GAP embeddings) and ZSR
+0.1; the release's main recipe, mlrc_c1_xbm, adds the C1 contrastive loss with the release's cross-batch memory of
+25 batches (from step 1,000 + 25); validation every 100 steps on MAP@R, each fold stopping after 15 validations
+without a new best. BN-Inception's ImageNet weights once (the pretrainedmodels port's bn_inception-52deb4733.pth;
+needs torch), then all four folds in sequence (a rerun resumes) and each 128-d model and the 512-d concatenation on
+the test set (<workdir>/summary.json):
+
+    python -m jaxdml.models.convert --arch bninception --src bn_inception-52deb4733.pth --out weights/bninception
+    python -m jaxdml.main --config experiments/gsp_cars.py:mlrc_c1_xbm --workdir runs/gsp_cars/mlrc_c1_xbm_seed0
+
+Variants: mlrc_c1_xbm, mlrc_c2_xbm, mlrc_ms_xbm, mlrc_triplet_xbm and, without the memory, mlrc_c1, mlrc_c2,
+mlrc_ms, mlrc_triplet: GSP + ZSR over each loss (the GAP twins: gap_cars.py with the same variant). The release's
+three repeats: --config.seed=1 and 2, each in its own --workdir; folds on several machines: --config.data.fold=K (K
+= 0..3), as in ccp_cars.py.
+
+Expected run time and numbers: not measured here (no dataset/GPU). The GSP paper's MLRC tables are not in our
+reference material (paper_tables.md has none), so no GSP number is quoted. For orientation, the GAP baselines of the
+same protocol and TF framework (gap_cars.py's variants; CCP supplement Table 2, BN-Inception, mean of 3 repeats, run
+with the CCP release's schedule and Lipschitz normalisation), P@1 / P@R / MAP@R in %:
+    variant            512-d (concatenated)       128-d (per model)
+    mlrc_c1_xbm        83.68 / 37.74 / 27.93      72.13 / 28.55 / 18.83
+    mlrc_c1            77.75 / 33.69 / 23.50      64.17 / 26.50 / 16.13
+    mlrc_c2_xbm        82.40 / 36.07 / 25.99      70.01 / 28.49 / 18.01
+    mlrc_c2            81.04 / 34.97 / 24.73      69.17 / 27.70 / 17.22
+    mlrc_ms_xbm        (not in the paper)
+    mlrc_ms            80.88 / 36.45 / 26.23      69.27 / 28.93 / 18.25
+    mlrc_triplet_xbm   (not in the paper)
+    mlrc_triplet       78.44 / 33.83 / 23.11      64.57 / 26.52 / 15.68
 """
 
 from jaxdml.config import load_sibling
 
 
-def get_config():
-    return load_sibling(__file__, "_gsp_recipe").get_config("cars196", pooling="gsp")
+def get_config(variant: str = ""):
+    """No variant: the conventional ResNet-50 recipe; ``mlrc_*``: the release's BN-Inception MLRC recipe."""
+    recipe = load_sibling(__file__, "_gsp_recipe")
+    if variant:
+        return recipe.get_mlrc_config("cars196", variant, pooling="gsp")
+    return recipe.get_config("cars196", pooling="gsp")

@@ -1,25 +1,58 @@
-"""In-Shop: GSP (generalized sum pooling) + ZSR + XBM + C1 contrastive.
+"""In-Shop: GSP (generalized sum pooling) + ZSR + XBM + C1 contrastive, on the conventional and the MLRC protocols.
 
-Recipe and its provenance: experiments/_gsp_recipe.py. Evaluated on In-Shop (query 14,218 / gallery 12,612).
-Prepare the data once (needs TensorFlow: pip install -e '.[prepare]'):
+Recipes and their provenance: experiments/_gsp_recipe.py (MLRC: also experiments/_mlrc_recipe.py). Evaluated on
+In-Shop (query 14,218 / gallery 12,612). Prepare the data once (needs TensorFlow: pip install -e '.[prepare]'):
 
     python -m jaxdml.data.prepare --dataset inshop --manual_dir DIR
 
-and the ImageNet ResNet-50 weights once (torchvision's IMAGENET1K_V1 file; needs torch):
+Conventional protocol (default, no variant): ResNet-50, one 512-d model. The ImageNet ResNet-50 weights once
+(torchvision's IMAGENET1K_V1 file; needs torch), then (from the repository root):
 
     python -m jaxdml.models.convert --arch resnet50 --src resnet50-0676ba61.pth --out weights/resnet50
-
-then (from the repository root):
-
     python -m jaxdml.main --config experiments/gsp_inshop.py --workdir runs/gsp_inshop
 
-Expected run time and numbers: not measured yet (no dataset, weights or GPU on the development machines).
-The GSP paper's tables are not in our reference material; for orientation only:
-Intra-Batch ResNet-50/512 R@1 92.8 (conventional protocol, pretrained).
+Expected run time and numbers: not measured yet (no dataset, weights or GPU on the development machines). The GSP
+paper's tables are not in our reference material; for orientation only: Intra-Batch ResNet-50/512 R@1 92.8
+(conventional protocol, pretrained).
+
+MLRC protocol (variant after the colon), the release's BN-Inception runs (sample_runs.sh, configs/dml_large.yaml):
+BN-Inception with frozen BN, 4 class-disjoint folds x 128-d (512-d concatenated), 8 classes x 4 images, Adam lr 1e-5
+(constant), GSP with K = 128 prototypes (transport ratio 0.3, gamma 5, k-center over 1,024 GAP embeddings) and ZSR
+0.1; the release's main recipe, mlrc_c1_xbm, adds the C1 contrastive loss with the release's cross-batch memory of
+400 batches (from step 1,000 + 400); validation every 1,000 steps on MAP@R, each fold stopping after 10 validations
+without a new best. BN-Inception's ImageNet weights once (the pretrainedmodels port's bn_inception-52deb4733.pth;
+needs torch), then all four folds in sequence (a rerun resumes) and each 128-d model and the 512-d concatenation on
+the test set (<workdir>/summary.json):
+
+    python -m jaxdml.models.convert --arch bninception --src bn_inception-52deb4733.pth --out weights/bninception
+    python -m jaxdml.main --config experiments/gsp_inshop.py:mlrc_c1_xbm --workdir runs/gsp_inshop/mlrc_c1_xbm_seed0
+
+Variants: mlrc_c1_xbm, mlrc_c2_xbm, mlrc_ms_xbm, mlrc_triplet_xbm and, without the memory, mlrc_c1, mlrc_c2,
+mlrc_ms, mlrc_triplet: GSP + ZSR over each loss (the GAP twins: gap_inshop.py with the same variant). The release's
+three repeats: --config.seed=1 and 2, each in its own --workdir; folds on several machines: --config.data.fold=K (K
+= 0..3), as in ccp_inshop.py.
+
+Expected run time and numbers: not measured here (no dataset/GPU). The GSP paper's MLRC tables are not in our
+reference material (paper_tables.md has none), so no GSP number is quoted. For orientation, the GAP baselines of the
+same protocol and TF framework (gap_inshop.py's variants; CCP supplement Table 1, BN-Inception, mean of 3 repeats,
+run with the CCP release's schedule and Lipschitz normalisation), P@1 / P@R / MAP@R in %:
+    variant            512-d (concatenated)       128-d (per model)
+    mlrc_c1_xbm        88.39 / 61.33 / 58.64      85.75 / 58.13 / 55.37
+    mlrc_c1            80.12 / 53.11 / 50.15      76.08 / 49.61 / 46.51
+    mlrc_c2_xbm        87.66 / 63.50 / 60.64      84.58 / 59.78 / 56.75
+    mlrc_c2            86.32 / 62.36 / 59.42      83.04 / 58.27 / 55.13
+    mlrc_ms_xbm        (not in the paper)
+    mlrc_ms            88.37 / 63.53 / 60.65      85.39 / 59.65 / 56.61
+    mlrc_triplet_xbm   (not in the paper)
+    mlrc_triplet       86.71 / 63.81 / 60.60      82.58 / 58.74 / 55.25
 """
 
 from jaxdml.config import load_sibling
 
 
-def get_config():
-    return load_sibling(__file__, "_gsp_recipe").get_config("inshop", pooling="gsp")
+def get_config(variant: str = ""):
+    """No variant: the conventional ResNet-50 recipe; ``mlrc_*``: the release's BN-Inception MLRC recipe."""
+    recipe = load_sibling(__file__, "_gsp_recipe")
+    if variant:
+        return recipe.get_mlrc_config("inshop", variant, pooling="gsp")
+    return recipe.get_config("inshop", pooling="gsp")

@@ -1,5 +1,6 @@
 """The released recipes' settings, read from the experiment files (letKD supplement §1.2, the GSP release's
-resnet50_small / resnet50_large / default configs): each line of this file is a value of the release."""
+resnet50_small / resnet50_large / dml_small / dml_large / default configs): each line of this file is a value of the
+release."""
 
 import pytest
 from train_helpers import REPO
@@ -8,6 +9,8 @@ from jaxdml.config import load_config_file
 from jaxdml.trainers import resolve_config
 
 EXPERIMENTS = REPO / "experiments"
+GSP_DATASETS = [("cub", True), ("cars", True), ("sop", False), ("inshop", False)]  # (name, the release's *_small)
+MLRC_VARIANTS = [f"mlrc_{loss}{xbm}" for xbm in ("", "_xbm") for loss in ("c1", "c2", "ms", "triplet")]
 
 
 def config(name):
@@ -26,7 +29,7 @@ def test_tiny_imagenet_residual_weights(pair, alphas):
     assert (letkd.penultimate_alpha, letkd.intermediate_alpha) == alphas
 
 
-@pytest.mark.parametrize(("dataset", "small"), [("cub", True), ("cars", True), ("sop", False), ("inshop", False)])
+@pytest.mark.parametrize(("dataset", "small"), GSP_DATASETS)
 def test_gsp_recipe_is_the_releases(dataset, small):
     cfg = config(f"gsp_{dataset}.py")
     epoch = 25 if small else 250
@@ -40,6 +43,59 @@ def test_gsp_recipe_is_the_releases(dataset, small):
     assert cfg.eval.selection_metric == "precision_at_1"  # the release monitors recall@1
     twin = config(f"gap_{dataset}.py")
     assert (twin.model.pooling, twin.loss.zsr.weight) == ("gap+gmp", 0.0)
+
+
+@pytest.mark.parametrize("variant", MLRC_VARIANTS)
+@pytest.mark.parametrize(("dataset", "small"), GSP_DATASETS)
+def test_gsp_mlrc_variants_are_the_releases_bninception_runs(dataset, small, variant):
+    """sample_runs.sh ("BNInception Runs"): --cfg=dml_small (CUB, Cars) / dml_large (SOP, In-Shop),
+    --loss=zsr/xbm/original_contrastive --pooling=GeneralizedSumPooling, on the MLRC fold trainer."""
+    cfg = config(f"gsp_{dataset}.py:{variant}")
+    assert (cfg.trainer, cfg.data.folds, cfg.data.fold) == ("metric_learning", 4, -1)  # num_models: 4
+    assert (cfg.model.backbone, cfg.model.freeze_bn, cfg.model.embedding_dim) == ("bninception", True, 128)
+    assert (cfg.train.batch_size, cfg.data.samples_per_class) == (32, 4)  # classes_per_batch 8, sample_per_class 4
+    assert (cfg.data.image_size, cfg.data.resize_size) == (227, 256)
+    o = cfg.optim
+    assert (o.name, o.lr, o.b1, o.b2, o.weight_decay) == ("adam", 1e-5, 0.9, 0.999, 1e-4)  # Adam, Keras betas
+    assert (o.grad_clip_norm, o.grad_clip_value, o.plateau.factor) == (10.0, 10.0, 0.0)  # scheduler: constant
+    g = cfg.model.gsp
+    assert (cfg.model.pooling, g.num_prototypes) == ("gsp", 64 if small else 128)  # support_size
+    assert (g.transport_ratio, g.gamma, g.memory_size) == (0.3, 5.0, 1024)
+    assert (g.gem, g.augment_max_pool) == (False, False)  # dml_*.yaml set neither use_gemp nor augment_max_pool
+    assert (cfg.loss.zsr.weight, cfg.loss.zsr.ridge, cfg.loss.zsr.scale) == (0.1, 0.05, 9.5)
+    assert (cfg.model.embedding_norm, cfg.loss.kwargs.normalize) == ("l2", "l2")  # lipschitz_cont = False
+    epoch = 100 if small else 1000  # steps_per_epoch
+    assert (cfg.train.eval_every, cfg.train.patience) == (epoch, 15 if small else 10)  # early_stopping_patience
+    assert cfg.eval.selection_metric == "map_at_r"  # DMLEval monitored_metric: MAP
+    memory = {"cub": 25, "cars": 25, "sop": 1400, "inshop": 400}[dataset]  # batches_in_mem (trainModel.py)
+    if variant.endswith("_xbm"):
+        assert (cfg.loss.xbm.mode, cfg.loss.xbm.start_step, cfg.loss.xbm.batches) == ("release", 1000, memory)
+    else:
+        assert cfg.loss.xbm.batches == 0
+    if variant.startswith("mlrc_c1"):  # original_contrastive: cosine, margin 0.5
+        kw = cfg.loss.kwargs
+        assert (cfg.loss.name, kw.distance, kw.neg_margin, kw.reduction) == (
+            "contrastive", "cosine", 0.5, "sum_per_anchor")
+    twin = config(f"gap_{dataset}.py:{variant}")  # GlobalPooling: use_average true, use_max false; no ZSR
+    assert (twin.model.pooling, twin.loss.zsr.weight) == ("gap", 0.0)
+    twin.model.pooling, twin.loss.zsr.weight = "gsp", 0.1
+    assert twin.to_dict() == cfg.to_dict(), "the GAP twin differs from the GSP variant only in pooling and ZSR"
+
+
+@pytest.mark.parametrize(("dataset", "small"), GSP_DATASETS)
+def test_gsp_files_without_a_variant_stay_the_conventional_resnet50_recipe(dataset, small):
+    for method, pooling, zsr in (("gsp", "gsp", 0.1), ("gap", "gap+gmp", 0.0)):
+        cfg = config(f"{method}_{dataset}.py")
+        assert (cfg.model.backbone, cfg.model.embedding_dim, cfg.data.folds) == ("resnet50", 512, 0)
+        assert (cfg.model.pooling, cfg.loss.zsr.weight, cfg.train.batch_size) == (pooling, zsr, 112)
+        assert (cfg.optim.lr, cfg.optim.weight_decay) == (1e-5 if small else 1e-4, 4e-4)
+        assert (cfg.loss.xbm.batches, cfg.train.eval_every) == ({"cub": 25, "cars": 25, "sop": 1400,
+                                                                  "inshop": 400}[dataset], 25 if small else 250)
+
+
+def test_unknown_gsp_mlrc_variant_is_refused():
+    with pytest.raises(ValueError, match="mlrc_c1_xbm"):
+        config("gsp_cub.py:mlrc_c1_xbml")
 
 
 def test_mlrc_recipe_clips_and_uses_the_releases_memory():
