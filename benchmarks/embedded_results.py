@@ -1,7 +1,7 @@
 """Reruns every embedded-data experiment quoted in README.md and in experiment docstrings; prints the tables.
 
     python benchmarks/embedded_results.py [--workdir runs/embedded_results] [--seeds 0 1 2]
-        [--only digit_pairs collage distill ccp xbml] [--jobs 1] [--extra=--config.train.num_steps=4 ...]
+        [--only digit_pairs collage distill ccp xbml poolings] [--jobs 1] [--extra=--config.train.num_steps=4 ...]
 
 Runs, each as ``python -m jaxdml.main`` in its own workdir ``<workdir>/<group>/seed<k>/<name>`` (stdout and
 stderr in ``run.log`` there; reruns resume, and finished runs are only re-evaluated):
@@ -13,7 +13,9 @@ stderr in ``run.log`` there; reruns resume, and finished runs are only re-evalua
 * ``ccp``: experiments/ccp_digits.py:plain and :ccp, each four folds (MLRC protocol) and their concatenation
   (about 8 min per run; 49 min for seeds 0 1 2 at d0ea5f7);
 * ``xbml``: experiments/gap_digits_collage.py and xbml_digits_collage.py:r1 and :r2 (4-5 min each; 41 min for
-  seeds 0 1 2 at 03a1cfa).
+  seeds 0 1 2 at 03a1cfa);
+* ``poolings``: experiments/pooling_digits_collage.py:<pooling> for the nine baseline poolings; with ``collage``
+  in the same invocation its table also has the GAP and GSP rows.
 
 About 50 minutes for seeds 0 1 2 of the first three groups with ``--jobs 1`` on 2 CPU cores (54 min at d9073a8;
 ``--jobs 1`` is the honest setting for the wall times: parallel runs share the cores). Prints the commit measured
@@ -40,6 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 WATCHED = ("jaxdml", "kernels", "experiments")
 STUDENTS = ("none", "kd", "letkd", "template")
+BASELINES = ("cbam", "crow", "delf", "gem", "gsop", "netvlad", "otp", "soap", "weldon")  # pooling_digits_collage.py
 # group -> (run name, experiment argument of --config, run whose workdir is distill.teacher)
 GROUPS: dict[str, list[tuple[str, str, str | None]]] = {
     "digit_pairs": [("digit_pairs", "experiments/digit_pairs.py", None)],
@@ -49,6 +52,7 @@ GROUPS: dict[str, list[tuple[str, str, str | None]]] = {
     "ccp": [("plain", "experiments/ccp_digits.py:plain", None), ("ccp", "experiments/ccp_digits.py:ccp", None)],
     "xbml": [("gap", "experiments/gap_digits_collage.py", None)]
     + [(r, f"experiments/xbml_digits_collage.py:{r}", None) for r in ("r1", "r2")],
+    "poolings": [(p, f"experiments/pooling_digits_collage.py:{p}", None) for p in BASELINES],
 }
 RETRIEVAL = (("precision_at_1", "P@1"), ("map_at_r", "MAP@R"), ("r_precision", "R-precision"))
 
@@ -236,6 +240,28 @@ def xbml_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer) ->
             f"MAP@R {per_seed([r.summary['final']['map_at_r'] for r in runs])}")
 
 
+def pooling_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer,
+                   collage: dict[str, list[Result]] | None) -> None:
+    """The README's comparison of poolings; GAP and GSP rows come from the ``collage`` group when it ran too."""
+    labels = {"cbam": "CBAM", "crow": "CroW", "delf": "DELF", "gem": "GeM", "gsop": "GSoP", "netvlad": "NetVLAD",
+              "otp": "OTP", "soap": "SOAP", "weldon": "WELDON"}
+    rows = [(labels[name], res[name]) for name in BASELINES]
+    if collage:
+        zsr = collage["gsp"][0].setting("loss.zsr.weight")
+        rows = [("GAP", collage["gap"]), *rows, (f"GSP (+ {zsr:g} ZSR)" if zsr else "GSP", collage["gsp"])]
+    out(f"README, poolings (digit collages, test classes, seeds {' / '.join(map(str, seeds))}):\n")
+    out("| pooling | R@1 | MAP@R | R-precision | training time |\n|---|---|---|---|---|")
+    for label, runs in rows:
+        cells = [stats([r.summary["final"][m] for r in runs]) for m, _ in RETRIEVAL]
+        wall = statistics.fmean(r.wall_s for r in runs)
+        note = " (resumed)" if any(r.resumed for r in runs) else ""
+        out(f"| {label} | " + " | ".join(cells) + f" | {wall / 60:.1f} min{note} |")
+    out("\nper seed (R@1; MAP@R):")
+    for label, runs in rows:
+        out(f"    {label:<16} R@1 {per_seed([r.summary['final']['precision_at_1'] for r in runs])}"
+            f"   MAP@R {per_seed([r.summary['final']['map_at_r'] for r in runs])}")
+
+
 def distill_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer) -> None:
     acc = {name: [r.summary["final"]["accuracy"] for r in res[name]] for name in ("teacher", *STUDENTS)}
     kd, letkd, student = res["kd"][0], res["letkd"][0], arch(res["none"][0].setting("model.backbone"))
@@ -329,7 +355,10 @@ def main() -> int:
             total = sum(result.wall_s for run, result in done.items() if (run.group, run.seed) == (group, seed))
             out(f"    {group} seed {seed}: {duration(total)}")
     tables = {"digit_pairs": digit_pairs_tables, "collage": collage_tables, "distill": distill_tables,
-              "ccp": lambda res, seeds, printer: ccp_tables(res, seeds, printer, root), "xbml": xbml_tables}
+              "ccp": lambda res, seeds, printer: ccp_tables(res, seeds, printer, root), "xbml": xbml_tables,
+              "poolings": lambda res, seeds, printer: pooling_tables(res, seeds, printer, collage)}
+    collage = ({name: [done[r] for r in runs if (r.group, r.name) == ("collage", name)] for name in ("gap", "gsp")}
+               if "collage" in args.only else None)
     for group in args.only:
         out()
         by_name = {name: [done[r] for r in runs if (r.group, r.name) == (group, name)] for name, _, _ in GROUPS[group]}

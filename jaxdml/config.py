@@ -46,6 +46,7 @@ from jaxdml.losses.xbml import READINGS as XBML_READINGS
 from jaxdml.models.backbones import BACKBONES
 from jaxdml.models.cifar import CIFAR_NETWORKS
 from jaxdml.models.heads import EMBEDDING_NORMS
+from jaxdml.models.imagenet import IMAGENET_NETWORKS
 from jaxdml.models.model import COMPUTE_DTYPES, POOLING_NAMES
 from jaxdml.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -98,7 +99,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.pretrained = config_dict.placeholder(str)
     c.model.width = 32  # small_cnn: channels of the first stage
     c.model.embedding_dim = 128
-    c.model.pooling = "gap"  # gap | gmp | gap+gmp | gsp | xbml
+    # gap | gmp | gap+gmp | gsp | xbml, or a baseline: cbam | crow | delf | gem | gsop | netvlad | otp | soap | weldon
+    c.model.pooling = "gap"
     c.model.gsp = ml_collections.ConfigDict()  # Generalized Sum Pooling head (model.pooling = "gsp")
     c.model.gsp.num_prototypes = 64  # K: 64 for CUB/Cars, 128 for SOP/In-Shop
     c.model.gsp.transport_ratio = 0.3  # mu; 1.0 is exactly GAP
@@ -111,6 +113,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.xbml = ml_collections.ConfigDict()  # XBML head (model.pooling = "xbml"): GAP + prototype coefficients
     c.model.xbml.num_prototypes = 32  # K (the GSP release's MetaGlobalPooling default; XBML's own is not known)
     c.model.xbml.softmax_scale = 10.0  # of the soft assignment of locations to prototypes
+    # The poolings GSP is compared with (jaxdml.models.pooling_heads), the GSP release's defaults; crow has none.
+    c.model.cbam = ml_collections.ConfigDict({"channel_reduction": 16, "conv_size": 3})
+    c.model.delf = ml_collections.ConfigDict({"num_filters": 512, "conv_size": 1})
+    c.model.gem = ml_collections.ConfigDict({"power": 3.0, "learn_power": True})  # GeM over the backbone map
+    c.model.gsop = ml_collections.ConfigDict({"attention_dim": 128})
+    c.model.netvlad = ml_collections.ConfigDict({"num_centers": 16})  # embedding_dim / num_centers per centre
+    # support_size K: embedding_dim / K per support point; k-center over memory_size GAP vectors (<= K: none)
+    c.model.otp = ml_collections.ConfigDict({"support_size": 64, "memory_size": 1024, "gamma": 2.0, "iterations": 10})
+    c.model.soap = ml_collections.ConfigDict({"channel_reduction": 1, "power": 3.0})
+    c.model.weldon = ml_collections.ConfigDict({"k_max": 3, "k_min": 3})
     c.model.freeze_bn = False  # backbone BatchNorm uses (and keeps) its running statistics
     # l2 | lipschitz: the embedding's normalisation, seen by the losses and the evaluation (lipschitz: v / max(1, |v|),
     # the GSP/CCP TensorFlow framework's)
@@ -189,8 +201,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.ccp.min_gain = 1e-5  # a gain in the selection metric counts when larger than this
 
     c.distill = ml_collections.ConfigDict()  # task = classification: teacher and distillation terms
-    c.distill.method = "none"  # none | kd (Hinton) | fitnet | letkd
-    c.distill.teacher_arch = ""  # e.g. resnet56 (jaxdml.models.cifar.CIFAR_NETWORKS)
+    # none, or terms joined by "+" (jaxdml.distill.terms): kd (Hinton) | fitnet | letkd, e.g. "fitnet+letkd";
+    # each term keeps its own weight below.
+    c.distill.method = "none"
+    c.distill.teacher_arch = ""  # e.g. resnet56 (jaxdml.models.cifar / imagenet: CIFAR_NETWORKS, IMAGENET_NETWORKS)
     # A converted teacher (python -m jaxdml.models.convert), a .pth of the KD code base, or a jaxdml
     # classification workdir (its export/ directory).
     c.distill.teacher = config_dict.placeholder(str)
@@ -203,14 +217,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.distill.letkd = ml_collections.ConfigDict()  # method = letkd (letKD-1: penultimate; letKD-2: + intermediate)
     c.distill.letkd.num_words = 4096  # K: k-means words of the teacher's last-stage features
     c.distill.letkd.temperature = 1.0  # of the teacher's soft assignment
-    c.distill.letkd.penultimate_alpha = 1.0
+    c.distill.letkd.penultimate = True  # the penultimate layer (False: intermediate only, supp. Table 5)
+    c.distill.letkd.penultimate_alpha = 1.0  # residual weight; 0 = the layer adds nothing (supp. Table 5)
     c.distill.letkd.penultimate_weight = 1.0
     c.distill.letkd.intermediate = True  # letKD-2
     c.distill.letkd.student_block = "layer3_0"  # the first block of stage 3
     c.distill.letkd.teacher_block = "layer3_0"
     c.distill.letkd.lda_dims = 60
     c.distill.letkd.subclasses = 8  # per class
-    c.distill.letkd.intermediate_alpha = 1.0
+    c.distill.letkd.intermediate_alpha = 1.0  # 0 = scores only, features unchanged (supp. Tables 4-5)
     c.distill.letkd.intermediate_weight = 1.0
     c.distill.letkd.max_points = 1_000_000  # teacher locations sampled for k-means / LDA (memory bound)
     c.distill.template = ml_collections.ConfigDict()  # the template-matching block (no teacher)
@@ -262,7 +277,7 @@ CHOICES: dict[str, Iterable[str]] = {
     "data.sampler": SAMPLERS,
     "data.augment": AUGMENTATIONS,
     "data.pad_mode": PAD_MODES,
-    "model.backbone": (*BACKBONES, *CIFAR_NETWORKS),
+    "model.backbone": (*BACKBONES, *CIFAR_NETWORKS, *IMAGENET_NETWORKS),
     "model.pooling": POOLING_NAMES,
     "model.gsp.method": GSP_METHODS,
     "model.compute_dtype": COMPUTE_DTYPES,
@@ -273,7 +288,7 @@ CHOICES: dict[str, Iterable[str]] = {
     "loss.xbml.reading": XBML_READINGS,
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
-    "distill.teacher_arch": CIFAR_NETWORKS,
+    "distill.teacher_arch": (*CIFAR_NETWORKS, *IMAGENET_NETWORKS),
     "eval.evaluator": EVALUATORS,
 }
 # Of those, the keys where "" means none (no miner, no teacher, the trainer's evaluator).
@@ -454,6 +469,21 @@ RULES: dict[str, Rule] = {
     "model.gsp.memory_size": INDEX,  # 0: the prototypes start from their initialiser (or prototypes_file)
     "model.xbml.num_prototypes": COUNT,
     "model.xbml.softmax_scale": POSITIVE,
+    "model.cbam.channel_reduction": COUNT,
+    "model.cbam.conv_size": COUNT,
+    "model.delf.num_filters": COUNT,
+    "model.delf.conv_size": COUNT,
+    "model.gem.power": POSITIVE,
+    "model.gsop.attention_dim": COUNT,
+    "model.netvlad.num_centers": COUNT,  # and divides model.embedding_dim: _pooling_splits_embedding
+    "model.otp.support_size": COUNT,  # and divides model.embedding_dim: _pooling_splits_embedding
+    "model.otp.memory_size": INDEX,  # <= support_size: no memory, the support starts from its initialiser
+    "model.otp.gamma": POSITIVE,
+    "model.otp.iterations": COUNT,
+    "model.soap.channel_reduction": COUNT,
+    "model.soap.power": POSITIVE,
+    "model.weldon.k_max": COUNT,
+    "model.weldon.k_min": COUNT,
     "loss.weight": NON_NEGATIVE,
     "loss.xbm.batches": INDEX,
     "loss.xbm.start_step": INDEX,
@@ -502,11 +532,11 @@ RULES: dict[str, Rule] = {
     "distill.fitnet_weight": NON_NEGATIVE,
     "distill.letkd.num_words": COUNT,
     "distill.letkd.temperature": POSITIVE,
-    "distill.letkd.penultimate_alpha": POSITIVE,
+    "distill.letkd.penultimate_alpha": NON_NEGATIVE,
     "distill.letkd.penultimate_weight": NON_NEGATIVE,
     "distill.letkd.lda_dims": COUNT,
     "distill.letkd.subclasses": COUNT,
-    "distill.letkd.intermediate_alpha": POSITIVE,
+    "distill.letkd.intermediate_alpha": NON_NEGATIVE,
     "distill.letkd.intermediate_weight": NON_NEGATIVE,
     "distill.letkd.max_points": COUNT,
     "distill.template.templates_per_class": COUNT,
@@ -755,6 +785,19 @@ def _gsp_memory_holds_prototypes(cfg: ml_collections.ConfigDict) -> Broken | Non
                   f"(the prototypes are picked from the memory), or 0", g.num_prototypes)
 
 
+def _pooling_splits_embedding(cfg: ml_collections.ConfigDict) -> Broken | None:
+    m = cfg.model
+    key = {"netvlad": "model.netvlad.num_centers", "otp": "model.otp.support_size"}.get(m.pooling)
+    if key is None:
+        return None
+    parts = m[m.pooling][key.rsplit(".", 1)[1]]
+    if parts > 0 and m.embedding_dim % parts == 0:
+        return None
+    divisors = [k for k in range(1, m.embedding_dim + 1) if m.embedding_dim % k == 0]
+    return Broken(key, parts, f"must divide model.embedding_dim={m.embedding_dim} (the embedding concatenates "
+                  f"{parts} equal parts)", min(divisors, key=lambda k: abs(k - parts)))
+
+
 def _zsr_needs_gsp(cfg: ml_collections.ConfigDict) -> Broken | None:
     w = cfg.loss.zsr.weight
     return None if w == 0 or cfg.model.pooling == "gsp" else Broken(
@@ -801,8 +844,8 @@ def _folds(cfg: ml_collections.ConfigDict) -> Broken | None:
 
 # Rules between keys, checked once every key has a valid value of its own.
 CROSS_KEY_RULES: tuple[Callable[[ml_collections.ConfigDict], Broken | None], ...] = (
-    _whole_groups, _eval_crop_fits, _gsp_memory_holds_prototypes, _zsr_needs_gsp, _xbml_needs_its_head,
-    _pretrained_needs_weights, _boundaries_within_training, _folds)
+    _whole_groups, _eval_crop_fits, _gsp_memory_holds_prototypes, _pooling_splits_embedding, _zsr_needs_gsp,
+    _xbml_needs_its_head, _pretrained_needs_weights, _boundaries_within_training, _folds)
 
 
 def _agreeing(cfg: ml_collections.ConfigDict, key: str, suggestion: Any) -> Any:

@@ -41,7 +41,7 @@ def assert_images(source, indices=(0, 1, -1)) -> None:
 
 def test_supported_names():
     assert set(DATASETS) == {"caltech_birds2011", "cars196", "stanford_online_products", "inshop", "cifar10",
-                             "cifar100", "tiny_imagenet"}
+                             "cifar100", "tiny_imagenet", "imagenet2012"}
     assert all(isinstance(d, str) and d and "\n" not in d for d in DATASETS.values())
     with pytest.raises(ValueError, match=r"unknown dataset 'cub'; downloadable: caltech_birds2011"):
         load_dataset("cub", None)
@@ -170,7 +170,7 @@ def test_not_prepared_error_gives_the_command(tmp_path, name):
     assert name in message and str(tmp_path) in message
     assert f"python -m jaxdml.data.prepare --dataset {name} --data_dir {tmp_path}" in message
     assert "pip install -e '.[prepare]'" in message
-    if name in ("cars196", "inshop", "tiny_imagenet"):  # a manual download is always needed
+    if name in ("cars196", "inshop", "tiny_imagenet", "imagenet2012"):  # a manual download is always needed
         assert f"--data_dir {tmp_path} --manual_dir MANUAL_DIR\n" in message
     else:
         assert f"--data_dir {tmp_path}\n" in message

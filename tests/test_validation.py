@@ -100,7 +100,7 @@ BAD = [
     ({"data.rotation_degrees": -5.0}, "data.rotation_degrees=-5.0 must be in [0, 180]"),
     ({"distill.kd_temperature": 0.0}, "distill.kd_temperature=0.0 must be > 0"),
     ({"distill.letkd.temperature": -1.0}, "distill.letkd.temperature=-1.0"),
-    ({"distill.letkd.penultimate_alpha": 0.0}, "distill.letkd.penultimate_alpha=0.0"),
+    ({"distill.letkd.penultimate_alpha": -0.5}, "distill.letkd.penultimate_alpha=-0.5"),
     ({"distill.kd_weight": -0.5}, "distill.kd_weight=-0.5"),
     ({"distill.template.weight": -1.0}, "distill.template.weight=-1.0"),
     # pairs (lo, hi) and increasing tuples

@@ -94,6 +94,19 @@ SPECS: dict[str, DatasetSpec] = {
         manual_required=True,
         manual_note=_tinyimagenet.MANUAL_DOWNLOAD_INSTRUCTIONS.strip(),
     ),
+    "imagenet2012": DatasetSpec(
+        tfds_name="imagenet2012",
+        description="ImageNet ILSVRC-2012 (classification): 1,281,167 train / 50,000 validation images, 1,000 "
+                    "classes.",
+        num_classes=1000,
+        splits=("train", "validation"),
+        classification=True,
+        manual_required=True,
+        manual_note=(
+            "TFDS cannot download ImageNet: put the originals ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+            "(image-net.org, after registering) in --manual_dir; preparing takes hours and about 150 GB."
+        ),
+    ),
 }
 
 DATASETS: dict[str, str] = {name: spec.description for name, spec in SPECS.items()}

@@ -27,11 +27,12 @@ def prepare(cfg, workdir: Path) -> dict[str, np.ndarray]:
     """Loads (or computes and saves) the artefacts of ``cfg`` in ``workdir/artefacts``."""
     from jaxdml.data.datasets import load_data
     from jaxdml.data.sources import num_classes
-    from jaxdml.distill.teacher import letkd_artefacts, load_teacher
+    from jaxdml.distill.teacher import artefact_names, letkd_artefacts, load_teacher
 
     cfg = validate(cfg)
-    if cfg.distill.method != "letkd":
-        raise ConfigError(f"distill.method={cfg.distill.method!r}: only 'letkd' has teacher artefacts")
+    if not artefact_names(cfg.distill):
+        raise ConfigError(f"distill.method={cfg.distill.method!r}: no supervised LeTKD layer, so no teacher "
+                          f"artefacts; they exist for methods with the 'letkd' term (e.g. letkd, fitnet+letkd).")
     data = load_data(cfg.data)
     classes = num_classes(data.train)
     return letkd_artefacts(cfg, load_teacher(cfg, classes), data.train, classes, workdir / "artefacts")

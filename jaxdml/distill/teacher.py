@@ -23,10 +23,10 @@ from jaxdml import distributed
 from jaxdml.data import pipeline
 from jaxdml.data.sources import Source
 from jaxdml.distill import artefacts as art
-from jaxdml.distill.model import build_classifier, student_inserts
+from jaxdml.distill.model import build_classifier, classifier_layer, student_inserts
+from jaxdml.distill.terms import letkd_parts
 from jaxdml.errors import ConfigError
 from jaxdml.layers.template import downscale_2x2
-from jaxdml.models.cifar import classifier_name
 from jaxdml.models.convert import ConversionError, check_fits, load_pretrained, save_converted
 from jaxdml.models.model import Model
 
@@ -49,9 +49,9 @@ def load_teacher(cfg: ml_collections.ConfigDict, num_classes: int) -> Teacher | 
     d = cfg.distill
     if not needs_teacher(d):
         return None
-    raw = load_pretrained(teacher_source(d.teacher), d.teacher_arch, key="distill.teacher",
-                          arch_key="distill.teacher_arch")
-    classes = int(raw["params"][classifier_name(d.teacher_arch)]["kernel"].shape[-1])
+    source = teacher_source(d.teacher)
+    raw = load_pretrained(source, d.teacher_arch, key="distill.teacher", arch_key="distill.teacher_arch")
+    classes = int(raw["params"][classifier_layer(d.teacher_arch)]["kernel"].shape[-1])
     if classes != num_classes:
         raise ConversionError(f"the teacher {d.teacher!r} classifies {classes} classes, the data has {num_classes}")
     model = build_classifier(cfg, num_classes, arch=d.teacher_arch)
@@ -155,10 +155,25 @@ def collect_teacher_features(cfg: ml_collections.ConfigDict, teacher: Teacher, s
 
 def _artefact_key(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     d, ld = cfg.distill, cfg.distill.letkd
-    return {"teacher": str(Path(d.teacher).absolute()), "teacher_arch": d.teacher_arch, "data": cfg.data.name,
-            "num_words": ld.num_words, "temperature": ld.temperature, "intermediate": ld.intermediate,
-            "teacher_block": ld.teacher_block, "student_block": ld.student_block, "lda_dims": ld.lda_dims,
-            "subclasses": ld.subclasses, "max_points": ld.max_points, "seed": cfg.seed}
+    key = {"teacher": str(Path(d.teacher).absolute()), "teacher_arch": d.teacher_arch, "data": cfg.data.name,
+           "num_words": ld.num_words, "temperature": ld.temperature, "intermediate": ld.intermediate,
+           "teacher_block": ld.teacher_block, "student_block": ld.student_block, "lda_dims": ld.lda_dims,
+           "subclasses": ld.subclasses, "max_points": ld.max_points, "seed": cfg.seed}
+    names = artefact_names(d)
+    if names != ["codebook"] + (_LETKD2_NAMES[1:] if ld.intermediate else []):  # not plain letKD-1 / letKD-2
+        key["artefacts"] = names  # (so letKD-1/-2 keys stay as they were: their existing artefacts remain valid)
+    return key
+
+
+_LETKD2_NAMES = ["codebook", "lda_scalings", "lda_mean", "centres", "scores"]
+
+
+def artefact_names(d: ml_collections.ConfigDict) -> list[str]:
+    """The artefacts the supervised LeTKD layers need: the codebook (penultimate), LDA, centres and score
+    matrix (intermediate); none for a layer with weight 0 (inserted without supervision)."""
+    parts = letkd_parts(d)
+    return ((["codebook"] if parts["supervised_penultimate"] else [])
+            + (_LETKD2_NAMES[1:] if parts["supervised_intermediate"] else []))
 
 
 def letkd_artefacts(cfg: ml_collections.ConfigDict, teacher: Teacher, train: Source, num_classes: int,
@@ -167,21 +182,24 @@ def letkd_artefacts(cfg: ml_collections.ConfigDict, teacher: Teacher, train: Sou
     it holds them for this configuration, else computed from the teacher and saved there."""
     key = _artefact_key(cfg)
     meta_file = directory / "meta.json"
-    names = ["codebook"] + (["lda_scalings", "lda_mean", "centres", "scores"] if cfg.distill.letkd.intermediate
-                            else [])
+    names = artefact_names(cfg.distill)
+    if not names:
+        return {}
     if meta_file.is_file() and json.loads(meta_file.read_text()).get("key") == key:
         return {n: np.load(directory / f"{n}.npy") for n in names}
     ld = cfg.distill.letkd
     student = build_classifier(cfg, num_classes, inserts=student_inserts(cfg, num_classes))
     outputs = jax.eval_shape(lambda: student.init_with_output(jax.random.key(0), sample_images(cfg))[0])
     student_maps = outputs["features"]
-    blocks = {"final": student_maps["final"].shape[1]}
-    if ld.intermediate:
+    blocks = {"final": student_maps["final"].shape[1]} if "codebook" in names else {}
+    if "centres" in names:
         blocks[ld.teacher_block] = student_maps[ld.student_block].shape[1]
     log.info("computing LeTKD teacher artefacts in %s", directory)
     features, labels = collect_teacher_features(cfg, teacher, train, blocks)
-    out = {"codebook": art.kmeans_codebook(features["final"], ld.num_words, seed=cfg.seed)}
-    if ld.intermediate:
+    out = {}
+    if "codebook" in names:
+        out["codebook"] = art.kmeans_codebook(features["final"], ld.num_words, seed=cfg.seed)
+    if "centres" in names:
         lda = art.fit_lda(features[ld.teacher_block], labels[ld.teacher_block], ld.lda_dims)
         projected = lda.project(features[ld.teacher_block])
         sub = art.subclass_centres(projected, labels[ld.teacher_block], num_classes, ld.subclasses, seed=cfg.seed)

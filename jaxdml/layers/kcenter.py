@@ -37,3 +37,22 @@ def greedy_k_center(points: jnp.ndarray, k: int, valid: jnp.ndarray | None = Non
         return picked.at[i].set(index), jnp.minimum(nearest, sq_dist(points[index]))
 
     return jax.lax.fori_loop(start, k, pick, (picked, nearest))[0]
+
+
+def fill_memory(memory: jnp.ndarray, count: jnp.ndarray, vectors: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``memory`` (M, D) with ``vectors`` (B, D) written from row ``count``, and the new count.
+
+    As the GSP release's ``fill_memory``: a batch that would overflow the memory is written to its last B rows
+    (a batch longer than the memory keeps its last M vectors).
+    """
+    vectors = vectors[-memory.shape[0]:].astype(memory.dtype)
+    begin = jnp.minimum(count, memory.shape[0] - vectors.shape[0])
+    return jax.lax.dynamic_update_slice(memory, vectors, (begin, 0)), count + vectors.shape[0]
+
+
+def k_center_from_memory(memory: jnp.ndarray, k: int) -> jnp.ndarray:
+    """K points (K, D) of ``memory`` (M, D), as the release's ``initialize_support_kernel``: seeded with the first K
+    rows, picked greedily from the rows after them (from all rows, starting at row 0, when M < 2K)."""
+    if memory.shape[0] >= 2 * k:
+        return memory[k:][greedy_k_center(memory[k:], k, initial=memory[:k])]
+    return memory[greedy_k_center(memory, k)]

@@ -41,8 +41,8 @@ class Insert:
     alpha: float = 1.0
 
 
-class _Inserts:
-    """Applies the configured inserts after a block and records features and scores."""
+class InsertRecorder:
+    """Records each named block's output (``features``) and applies the insert configured after it (``scores``)."""
 
     def __init__(self, owner: nn.Module, inserts: tuple[Insert, ...], train: bool):
         self.owner, self.train = owner, train
@@ -65,7 +65,8 @@ class _Inserts:
         return x
 
 
-def _check_inserts(inserts: tuple[Insert, ...], blocks: list[str]) -> None:
+def check_inserts(inserts: tuple[Insert, ...], blocks: list[str]) -> None:
+    """Raises ValueError for an insert after a block the network does not have (``blocks``: its block names)."""
     unknown = [i.after for i in inserts if i.after not in blocks]
     if unknown:
         raise ValueError(f"inserts after unknown block(s) {unknown}; this network's blocks: {blocks}")
@@ -92,8 +93,8 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, Any]:
-        _check_inserts(self.inserts, self.block_names())
-        after = _Inserts(self, self.inserts, train)
+        check_inserts(self.inserts, self.block_names())
+        after = InsertRecorder(self, self.inserts, train)
         block = Bottleneck if self.bottleneck else BasicBlock
         x = nn.Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
                     kernel_init=conv_init, name="conv1")(x.astype(self.dtype))
@@ -104,7 +105,7 @@ class CifarResNet(nn.Module):
                 stride = 2 if s > 0 and j == 0 else 1
                 x = after(name, block(self.widths[s + 1], stride, self.dtype, name=name)(x, train))
         x = after("final", x)
-        return _classify(self, x, after, name=self.classifier)
+        return pool_and_classify(self, x, after, name=self.classifier)
 
 
 class WideBasicBlock(nn.Module):
@@ -144,8 +145,8 @@ class WideResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, Any]:
         names = self.block_names()
-        _check_inserts(self.inserts, names)
-        after = _Inserts(self, self.inserts, train)
+        check_inserts(self.inserts, names)
+        after = InsertRecorder(self, self.inserts, train)
         x = nn.Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, kernel_init=conv_init,
                     name="conv1")(x.astype(self.dtype))
         for name in names[:-1]:
@@ -154,17 +155,19 @@ class WideResNet(nn.Module):
             x = after(name, WideBasicBlock(16 * 2 ** (stage - 1) * self.widen, stride, self.dtype, name=name)(x, train))
         x = nn.relu(batch_norm(self.dtype, "bn1")(x, use_running_average=not train))
         x = after("final", x)
-        return _classify(self, x, after)
+        return pool_and_classify(self, x, after)
 
 
-def _classify(module: nn.Module, x: jnp.ndarray, after: _Inserts, name: str = "fc") -> dict[str, Any]:
+def pool_and_classify(module: nn.Module, x: jnp.ndarray, after: InsertRecorder,
+                      name: str = "fc") -> dict[str, Any]:
+    """Global average pooling and ``module``'s ``num_classes``-way Dense ``name``: the network's output dict."""
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     logits = nn.Dense(module.num_classes, dtype=jnp.float32, name=name)(pooled)
     return {"logits": logits, "features": after.features, "scores": after.scores}
 
 
-def _conv_bn(x: jnp.ndarray, features: int, kernel: int, stride: int, groups: int, name: str | tuple[str, str],
-             dtype: Any, train: bool, relu: bool) -> jnp.ndarray:
+def conv_bn(x: jnp.ndarray, features: int, kernel: int, stride: int, groups: int, name: str | tuple[str, str],
+            dtype: Any, train: bool, relu: bool) -> jnp.ndarray:
     """conv (no bias, 'same' padding, ``groups``) -> BN [-> ReLU], named ``{name}_conv`` / ``{name}_bn`` or by
     the given (conv, bn) pair."""
     conv_name, bn_name = name if isinstance(name, tuple) else (f"{name}_conv", f"{name}_bn")
@@ -193,9 +196,9 @@ class InvertedResidual(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         hidden = x.shape[-1] * self.expand
-        y = _conv_bn(x, hidden, 1, 1, 1, "expand", self.dtype, train, relu=True)
-        y = _conv_bn(y, hidden, 3, self.stride, hidden, "depthwise", self.dtype, train, relu=True)
-        y = _conv_bn(y, self.features, 1, 1, 1, "project", self.dtype, train, relu=False)
+        y = conv_bn(x, hidden, 1, 1, 1, "expand", self.dtype, train, relu=True)
+        y = conv_bn(y, hidden, 3, self.stride, hidden, "depthwise", self.dtype, train, relu=True)
+        y = conv_bn(y, self.features, 1, 1, 1, "project", self.dtype, train, relu=False)
         return x + y if self.stride == 1 and x.shape[-1] == self.features else y
 
 
@@ -218,17 +221,17 @@ class MobileNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, Any]:
-        _check_inserts(self.inserts, self.block_names())
-        after = _Inserts(self, self.inserts, train)
-        x = _conv_bn(x.astype(self.dtype), int(32 * self.width), 3, 2, 1, "stem", self.dtype, train, relu=True)
+        check_inserts(self.inserts, self.block_names())
+        after = InsertRecorder(self, self.inserts, train)
+        x = conv_bn(x.astype(self.dtype), int(32 * self.width), 3, 2, 1, "stem", self.dtype, train, relu=True)
         for i, (t, c, n, s) in enumerate(self.stages()):
             for j in range(n):
                 name = f"blocks{i}_{j}"
                 x = after(name, InvertedResidual(int(c * self.width), s if j == 0 else 1, t, self.dtype,
                                                  name=name)(x, train))
         last = int(1280 * self.width) if self.width > 1.0 else 1280
-        x = after("final", _conv_bn(x, last, 1, 1, 1, "head", self.dtype, train, relu=True))
-        return _classify(self, x, after, name="classifier")
+        x = after("final", conv_bn(x, last, 1, 1, 1, "head", self.dtype, train, relu=True))
+        return pool_and_classify(self, x, after, name="classifier")
 
 
 class ShuffleV1Block(nn.Module):
@@ -244,10 +247,10 @@ class ShuffleV1Block(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         mid = self.features // 4
-        y = _conv_bn(x, mid, 1, 1, self.first_groups, ("conv1", "bn1"), self.dtype, train, relu=True)
+        y = conv_bn(x, mid, 1, 1, self.first_groups, ("conv1", "bn1"), self.dtype, train, relu=True)
         y = channel_shuffle(y, self.first_groups)
-        y = _conv_bn(y, mid, 3, self.stride, mid, ("conv2", "bn2"), self.dtype, train, relu=True)
-        y = _conv_bn(y, self.features, 1, 1, self.groups, ("conv3", "bn3"), self.dtype, train, relu=False)
+        y = conv_bn(y, mid, 3, self.stride, mid, ("conv2", "bn2"), self.dtype, train, relu=True)
+        y = conv_bn(y, self.features, 1, 1, self.groups, ("conv3", "bn3"), self.dtype, train, relu=False)
         if self.stride == 2:
             shortcut = nn.avg_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)), count_include_pad=True)
             return nn.relu(jnp.concatenate([y, shortcut], axis=-1))
@@ -269,9 +272,9 @@ class ShuffleNetV1(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, Any]:
-        _check_inserts(self.inserts, self.block_names())
-        after = _Inserts(self, self.inserts, train)
-        x = _conv_bn(x.astype(self.dtype), 24, 1, 1, 1, ("conv1", "bn1"), self.dtype, train, relu=True)
+        check_inserts(self.inserts, self.block_names())
+        after = InsertRecorder(self, self.inserts, train)
+        x = conv_bn(x.astype(self.dtype), 24, 1, 1, 1, ("conv1", "bn1"), self.dtype, train, relu=True)
         for s in range(3):
             for j in range(self.blocks[s]):
                 name = f"layer{s + 1}_{j}"
@@ -280,7 +283,7 @@ class ShuffleNetV1(nn.Module):
                 x = after(name, ShuffleV1Block(width, 2 if j == 0 else 1, self.groups, first_groups, self.dtype,
                                                name=name)(x, train))
         x = after("final", x)
-        return _classify(self, x, after, name="linear")
+        return pool_and_classify(self, x, after, name="linear")
 
 
 class ShuffleV2Block(nn.Module):
@@ -297,18 +300,18 @@ class ShuffleV2Block(nn.Module):
         d = self.dtype
         if self.down:
             c, mid = x.shape[-1], self.features // 2
-            left = _conv_bn(x, c, 3, 2, c, ("conv1", "bn1"), d, train, relu=False)
-            left = _conv_bn(left, mid, 1, 1, 1, ("conv2", "bn2"), d, train, relu=True)
-            right = _conv_bn(x, mid, 1, 1, 1, ("conv3", "bn3"), d, train, relu=True)
-            right = _conv_bn(right, mid, 3, 2, mid, ("conv4", "bn4"), d, train, relu=False)
-            right = _conv_bn(right, mid, 1, 1, 1, ("conv5", "bn5"), d, train, relu=True)
+            left = conv_bn(x, c, 3, 2, c, ("conv1", "bn1"), d, train, relu=False)
+            left = conv_bn(left, mid, 1, 1, 1, ("conv2", "bn2"), d, train, relu=True)
+            right = conv_bn(x, mid, 1, 1, 1, ("conv3", "bn3"), d, train, relu=True)
+            right = conv_bn(right, mid, 3, 2, mid, ("conv4", "bn4"), d, train, relu=False)
+            right = conv_bn(right, mid, 1, 1, 1, ("conv5", "bn5"), d, train, relu=True)
             return channel_shuffle(jnp.concatenate([left, right], axis=-1), 2)
         half = x.shape[-1] // 2
         keep, y = x[..., :half], x[..., half:]
         c = y.shape[-1]
-        y = _conv_bn(y, c, 1, 1, 1, ("conv1", "bn1"), d, train, relu=True)
-        y = _conv_bn(y, c, 3, 1, c, ("conv2", "bn2"), d, train, relu=False)
-        y = _conv_bn(y, c, 1, 1, 1, ("conv3", "bn3"), d, train, relu=True)
+        y = conv_bn(y, c, 1, 1, 1, ("conv1", "bn1"), d, train, relu=True)
+        y = conv_bn(y, c, 3, 1, c, ("conv2", "bn2"), d, train, relu=False)
+        y = conv_bn(y, c, 1, 1, 1, ("conv3", "bn3"), d, train, relu=True)
         return channel_shuffle(jnp.concatenate([keep, y], axis=-1), 2)
 
 
@@ -327,15 +330,15 @@ class ShuffleNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, Any]:
-        _check_inserts(self.inserts, self.block_names())
-        after = _Inserts(self, self.inserts, train)
-        x = _conv_bn(x.astype(self.dtype), 24, 1, 1, 1, ("conv1", "bn1"), self.dtype, train, relu=True)
+        check_inserts(self.inserts, self.block_names())
+        after = InsertRecorder(self, self.inserts, train)
+        x = conv_bn(x.astype(self.dtype), 24, 1, 1, 1, ("conv1", "bn1"), self.dtype, train, relu=True)
         for s in range(3):
             for j in range(self.blocks[s] + 1):
                 name = f"layer{s + 1}_{j}"
                 x = after(name, ShuffleV2Block(self.widths[s], j == 0, self.dtype, name=name)(x, train))
-        x = after("final", _conv_bn(x, self.widths[3], 1, 1, 1, ("conv2", "bn2"), self.dtype, train, relu=True))
-        return _classify(self, x, after, name="linear")
+        x = after("final", conv_bn(x, self.widths[3], 1, 1, 1, ("conv2", "bn2"), self.dtype, train, relu=True))
+        return pool_and_classify(self, x, after, name="linear")
 
 
 def _resnet(depth: int, widths: tuple[int, int, int, int]) -> Callable[..., nn.Module]:

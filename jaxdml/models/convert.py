@@ -1,11 +1,15 @@
 """Imports PyTorch checkpoints exactly: torchvision ResNets and the ``pretrainedmodels`` BN-Inception (DML
-backbones, ImageNet classifier dropped) and the KD code base's CIFAR classifiers (``fc`` kept: teachers).
+backbones, ImageNet classifier dropped), the KD code base's CIFAR classifiers and the letKD ImageNet classifiers
+(``imagenet_*``: torchvision's ResNets and the release's MobileNet; these keep their classifier: teachers).
 
     python -m jaxdml.models.convert --arch resnet50 --src resnet50-11ad3fa6.pth --out weights/resnet50
+    python -m jaxdml.models.convert --arch imagenet_resnet34 --src resnet34-b627a593.pth \\
+        --out weights/imagenet_resnet34
 
 writes an orbax checkpoint of the backbone's ``{"params", "batch_stats"}`` plus ``jaxdml_pretrained.json``
 (architecture, source, SHA-256, dropped keys). A config then sets ``model.pretrained = "weights/resnet50"``
-(a ``.pth`` file works too, converted on the fly when torch is installed).
+(a ``.pth`` file works too, converted on the fly when torch is installed); a classifier's directory is a
+``distill.teacher``.
 
 Every key is accounted for: each Flax leaf names the PyTorch key it comes from; a key the checkpoint lacks, a
 key left over (other than the ImageNet classifier and BatchNorm's ``num_batches_tracked``) or a shape that
@@ -31,12 +35,17 @@ import numpy as np
 from jaxdml import distributed
 from jaxdml.errors import UserError
 from jaxdml.models.backbones import BACKBONES, backbone_spec
-from jaxdml.models.cifar import CIFAR_NETWORKS, cifar_network, classifier_name
+from jaxdml.models.cifar import CIFAR_NETWORKS, cifar_network
+from jaxdml.models.cifar import classifier_name as cifar_classifier_name
+from jaxdml.models.imagenet import IMAGENET_NETWORKS, TORCH_SOURCES, imagenet_network
+from jaxdml.models.imagenet import classifier_name as imagenet_classifier_name
 
 METADATA_FILE = "jaxdml_pretrained.json"
 # The ImageNet classifier of each DML backbone: in the checkpoint, never in the backbone.
 CLASSIFIER_PREFIXES = {"resnet": "fc.", "bninception": "last_linear."}
-CONVERTIBLE = tuple(name for name in BACKBONES if name != "small_cnn") + tuple(CIFAR_NETWORKS)
+# Classifiers (distillation teachers and students) keep their classifier layer; DML backbones drop it.
+CLASSIFIERS = tuple(CIFAR_NETWORKS) + tuple(IMAGENET_NETWORKS)
+CONVERTIBLE = tuple(name for name in BACKBONES if name != "small_cnn") + CLASSIFIERS
 
 
 class ConversionError(UserError, ValueError):
@@ -52,7 +61,9 @@ _MOBILENET_NAMES = {"stem_conv": "conv1.0", "stem_bn": "conv1.1", "head_conv": "
 def _torch_module(arch: str, flax_module: str) -> str:
     """Flax module name -> PyTorch module path (``layer1_0`` -> ``layer1.0``, ``downsample_bn`` -> ``downsample.1``,
     WRN ``block1_0`` -> ``block1.layer.0``, MobileNetV2 ``blocks3_1`` -> ``blocks.3.1``, ``project_bn`` ->
-    ``conv.7``)."""
+    ``conv.7``, ImageNet MobileNet ``features_3_0`` -> ``features.3.0``)."""
+    if arch == "imagenet_mobilenet":
+        return re.sub(r"_(\d+)", r".\1", flax_module)
     if arch == "mobilenetv2":
         match = re.fullmatch(r"blocks(\d+)_(\d+)", flax_module)
         return f"blocks.{match[1]}.{match[2]}" if match else _MOBILENET_NAMES.get(flax_module, flax_module)
@@ -64,7 +75,7 @@ def _torch_module(arch: str, flax_module: str) -> str:
     if arch.startswith("wrn_"):
         match = re.fullmatch(r"block(\d+)_(\d+)", flax_module)
         return f"block{match[1]}.layer.{match[2]}" if match else flax_module
-    if not arch.startswith("resnet"):
+    if not arch.startswith(("resnet", "imagenet_resnet")):
         return flax_module
     match = re.fullmatch(r"layer(\d+)_(\d+)", flax_module)
     if match:
@@ -99,11 +110,18 @@ def _to_torch(value: np.ndarray, leaf: str) -> np.ndarray:
     return value
 
 
-def backbone_shapes(arch: str, num_classes: int = 100) -> dict[str, Any]:
-    """``{"params", "batch_stats"}`` of ``arch`` as shape/dtype structs (nothing is computed); CIFAR networks
-    include their ``num_classes``-way ``fc``."""
-    if arch in CIFAR_NETWORKS:
-        module, size = cifar_network(arch, num_classes), 32
+def classifier_name(arch: str) -> str:
+    """The Flax name of classifier ``arch``'s final linear layer (CIFAR or ImageNet network)."""
+    return imagenet_classifier_name(arch) if arch in IMAGENET_NETWORKS else cifar_classifier_name(arch)
+
+
+def backbone_shapes(arch: str, num_classes: int | None = None) -> dict[str, Any]:
+    """``{"params", "batch_stats"}`` of ``arch`` as shape/dtype structs (nothing is computed); classifiers
+    include their ``num_classes``-way classifier (default 100 for CIFAR, 1,000 for ImageNet networks)."""
+    if arch in IMAGENET_NETWORKS:
+        module, size = imagenet_network(arch, num_classes or 1000), 224
+    elif arch in CIFAR_NETWORKS:
+        module, size = cifar_network(arch, num_classes or 100), 32
     else:
         module, size = backbone_spec(arch).build(jnp.float32), 64
     variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
@@ -116,7 +134,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> tuple[dict[s
         raise ConversionError(f"--arch {arch!r} has no PyTorch original; choose one of {list(CONVERTIBLE)}")
     state_dict = {k: np.asarray(v) for k, v in _strip_wrapper_prefix(state_dict).items()}
     classifier_weight = f"{_torch_module(arch, classifier_name(arch))}.weight"
-    num_classes = int(state_dict[classifier_weight].shape[0]) if classifier_weight in state_dict else 100
+    num_classes = int(state_dict[classifier_weight].shape[0]) if classifier_weight in state_dict else None
     shapes = backbone_shapes(arch, num_classes)
     missing, misfit, used = [], [], set()
     converted: dict[str, Any] = {}
@@ -136,9 +154,9 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> tuple[dict[s
                 continue
             out[path] = value.astype(np.float32)
         converted[collection] = flax.traverse_util.unflatten_dict(out)
-    # DML backbones drop the ImageNet classifier; CIFAR classifiers keep theirs (nothing else is dropped).
+    # DML backbones drop the ImageNet classifier; classifiers keep theirs (nothing else is dropped).
     family = "resnet" if arch.startswith("resnet") else arch
-    classifier = None if arch in CIFAR_NETWORKS else CLASSIFIER_PREFIXES[family]
+    classifier = None if arch in CLASSIFIERS else CLASSIFIER_PREFIXES[family]
     dropped = sorted(k for k in state_dict if k not in used
                      and ((classifier and k.startswith(classifier)) or k.endswith("num_batches_tracked")))
     left_over = sorted(set(state_dict) - used - set(dropped))
@@ -150,7 +168,8 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> tuple[dict[s
     if misfit:
         problems.append(f"{len(misfit)} shape(s) that do not fit: {misfit}")
     if problems:
-        raise ConversionError(f"this checkpoint is not a {arch}: " + "; ".join(problems))
+        origin = f" ({TORCH_SOURCES[arch]})" if arch in TORCH_SOURCES else ""
+        raise ConversionError(f"this checkpoint is not a {arch}{origin}: " + "; ".join(problems))
     return converted, dropped
 
 
@@ -254,6 +273,7 @@ def check_fits(variables: dict[str, Any], expected: dict[str, Any], source: str)
 
 
 def _sha256(path: Path) -> str:
+    """The hex SHA-256 of the file ``path`` (read in 1 MiB chunks)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -276,11 +296,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     count = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(variables["params"]))
     meta = {"arch": args.arch, "source": str(src.absolute()), "sha256": _sha256(src), "num_params": count,
             "dropped_keys": dropped}
+    if args.arch in CLASSIFIERS:
+        meta["num_classes"] = int(variables["params"][classifier_name(args.arch)]["kernel"].shape[-1])
     target = save_converted(variables, args.out, meta)
-    kept = "num_batches_tracked; classifier kept" if args.arch in CIFAR_NETWORKS else "classifier, num_batches_tracked"
+    kept = "num_batches_tracked; classifier kept" if args.arch in CLASSIFIERS else "classifier, num_batches_tracked"
     print(f"{args.arch}: {count:,} parameters from {src.name} -> {target}; dropped {len(dropped)} key(s) ({kept})")
     out = Path(args.out).absolute()
-    if args.arch in CIFAR_NETWORKS:
+    if args.arch in CLASSIFIERS:
         print(f"use it as a teacher with --config.distill.teacher_arch={args.arch} --config.distill.teacher={out}")
     else:
         print(f"use it with --config.model.backbone={args.arch} --config.model.pretrained={out}")

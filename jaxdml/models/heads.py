@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxdml.layers import (
+    fill_memory,
     global_average_pool,
-    greedy_k_center,
     gsp_weights,
+    k_center_from_memory,
     l2_normalize,
     lipschitz_normalize,
     pool,
@@ -114,14 +115,11 @@ class GSPHead(nn.Module):
 
         pooled, attributes, plan = jax.lax.cond(ready.value, gsp_branch, gap_branch)
         if self.memory_size and train and not self.is_initializing():
-            # Enqueue this batch's Lipschitz-normalised GAP embeddings while the prototypes wait for initialisation;
-            # as the release's fill_memory, a batch that would overflow the memory fills its last slots.
-            gap = lipschitz_normalize(jax.lax.stop_gradient(jnp.mean(x, axis=1)))[-self.memory_size:]
-            rows = gap.shape[0]
-            begin = jnp.minimum(count.value, self.memory_size - rows)
-            written = jax.lax.dynamic_update_slice(memory.value, gap, (begin, 0))
+            # Enqueue this batch's Lipschitz-normalised GAP embeddings while the prototypes wait for initialisation.
+            gap = lipschitz_normalize(jax.lax.stop_gradient(jnp.mean(x, axis=1)))
+            written, counted = fill_memory(memory.value, count.value, gap)
             memory.value = jnp.where(ready.value, memory.value, written)
-            count.value = jnp.where(ready.value, count.value, count.value + b)
+            count.value = jnp.where(ready.value, count.value, counted)
         if self.augment_max_pool:  # + the projection of the backbone's global max pool
             maximum = jnp.max(features.reshape(b, n, -1), axis=1)
             pooled = pooled + projection(maximum).astype(jnp.float32)
@@ -143,14 +141,8 @@ class GSPHead(nn.Module):
         start = (self.get_variable("gsp", "count") >= self.memory_size) & ~ready
         memory = self.get_variable("gsp", "memory")
         current = self.get_variable("params", "prototypes")
-        k = self.num_prototypes
-
-        def pick() -> jnp.ndarray:
-            if self.memory_size >= 2 * k:
-                return memory[k:][greedy_k_center(memory[k:], k, initial=memory[:k])]
-            return memory[greedy_k_center(memory, k)]
-
-        prototypes = jax.lax.cond(start, pick, lambda: current)
+        prototypes = jax.lax.cond(start, lambda: k_center_from_memory(memory, self.num_prototypes),
+                                  lambda: current)
         self.put_variable("params", "prototypes", prototypes)
         self.put_variable("gsp", "ready", ready | start)
 

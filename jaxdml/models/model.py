@@ -18,6 +18,7 @@ import numpy as np
 from jaxdml.layers import POOLINGS
 from jaxdml.models.backbones import backbone_spec
 from jaxdml.models.heads import EmbeddingHead, GSPHead, XBMLHead
+from jaxdml.models.pooling_heads import POOLING_HEADS
 
 
 class Model(nn.Module):
@@ -71,6 +72,11 @@ def build_head(model_cfg: ml_collections.ConfigDict, dtype: Any) -> nn.Module:
     if model_cfg.pooling == "xbml":
         return XBMLHead(embedding_dim=model_cfg.embedding_dim, embedding_norm=model_cfg.embedding_norm, dtype=dtype,
                         **model_cfg.xbml.to_dict())
+    if model_cfg.pooling in POOLING_HEADS:
+        head, section = POOLING_HEADS[model_cfg.pooling]
+        settings = model_cfg[section].to_dict() if section else {}
+        return head(embedding_dim=model_cfg.embedding_dim, embedding_norm=model_cfg.embedding_norm, dtype=dtype,
+                    **settings)
     if model_cfg.pooling != "gsp":
         return EmbeddingHead(embedding_dim=model_cfg.embedding_dim, pooling=model_cfg.pooling,
                              embedding_norm=model_cfg.embedding_norm, dtype=dtype)
@@ -87,8 +93,9 @@ def build_head(model_cfg: ml_collections.ConfigDict, dtype: Any) -> nn.Module:
 
 # model.compute_dtype -> dtype of activations (parameters stay float32); the one list of valid names.
 COMPUTE_DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# model.pooling: the heads' poolings, Generalized Sum Pooling (GSPHead) or XBML's prototype GAP (XBMLHead).
-POOLING_NAMES: tuple[str, ...] = (*POOLINGS, "gsp", "xbml")
+# model.pooling: the heads' poolings, Generalized Sum Pooling (GSPHead), XBML's prototype GAP (XBMLHead) or one of
+# the baselines GSP is compared with (jaxdml.models.pooling_heads).
+POOLING_NAMES: tuple[str, ...] = (*POOLINGS, "gsp", "xbml", *POOLING_HEADS)
 
 
 def compute_dtype(model_cfg: ml_collections.ConfigDict) -> Any:

@@ -1,5 +1,6 @@
 """Classification with optional distillation: a CIFAR network trained with cross-entropy, plus Hinton KD,
-FitNet or LeTKD terms from a frozen teacher, or the label-supervised template-matching block; top-1 accuracy.
+FitNet and/or LeTKD terms from a frozen teacher (``distill.method``, e.g. ``"fitnet+letkd"``: each term with its
+own weight, :mod:`jaxdml.distill.terms`), or the label-supervised template-matching block; top-1 accuracy.
 
 Without a teacher (``distill.method = "none"``) this trains a plain classifier (e.g. a teacher), and a finished
 run exports its network to ``<workdir>/export`` so that ``distill.teacher = <workdir>`` can use it.
@@ -15,10 +16,11 @@ import ml_collections
 import optax
 
 from jaxdml.distill import artefacts as art
-from jaxdml.distill.model import build_classifier, student_inserts
+from jaxdml.distill.model import CLASSIFIERS, build_classifier, student_inserts
 from jaxdml.distill.teacher import (
     EXPORT_DIR,
     Teacher,
+    artefact_names,
     export_network,
     letkd_artefacts,
     load_teacher,
@@ -26,36 +28,37 @@ from jaxdml.distill.teacher import (
     sample_images,
     teacher_map,
 )
+from jaxdml.distill.terms import check_terms, has_term, letkd_parts, terms_of
 from jaxdml.errors import ConfigError
 from jaxdml.losses import distill as kd
-from jaxdml.models.cifar import CIFAR_NETWORKS
 from jaxdml.train.step import StepContext
 from jaxdml.trainers.base import Procedure, Trainer
-
-METHODS = ("none", "kd", "fitnet", "letkd")  # distill.method; the one list of valid names
 
 
 def distillation_loss(cfg: ml_collections.ConfigDict, out: dict[str, Any], teacher_out: dict[str, Any] | None,
                       labels: jnp.ndarray, arts: dict[str, jnp.ndarray]) -> tuple[jnp.ndarray, dict[str, Any]]:
-    """CE plus the configured terms; returns (loss, metrics)."""
+    """CE plus every configured term times its own weight (``distill.method`` may join several with "+");
+    returns (loss, metrics), one metric per term."""
     d = cfg.distill
     logits = out["logits"].astype(jnp.float32)
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     metrics = {"ce": ce, "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
     total = d.ce_weight * ce
-    if d.kd_weight > 0:
+    terms, parts = terms_of(d), letkd_parts(d)
+    if "kd" in terms:
         metrics["kd"] = kd.hinton_kd(logits, teacher_out["logits"], d.kd_temperature)
         total += d.kd_weight * metrics["kd"]
-    if d.method == "fitnet":
+    if "fitnet" in terms:
         metrics["hint"] = kd.fitnet_hint(out["hint"], teacher_out["features"][d.teacher_hint_block])
         total += d.fitnet_weight * metrics["hint"]
-    if d.method == "letkd":
+    if "letkd" in terms:
         ld, scores = d.letkd, out["scores"]
-        t_final = teacher_map(teacher_out["features"]["final"], scores["final"].shape[1])
-        targets = art.soft_assignment(t_final, arts["codebook"], ld.temperature)
-        metrics["letkd_penultimate"] = kd.location_kl(scores["final"], targets)
-        total += ld.penultimate_weight * metrics["letkd_penultimate"]
-        if ld.intermediate:
+        if parts["supervised_penultimate"]:  # a layer with weight 0 is inserted, not supervised (Table 6)
+            t_final = teacher_map(teacher_out["features"]["final"], scores["final"].shape[1])
+            targets = art.soft_assignment(t_final, arts["codebook"], ld.temperature)
+            metrics["letkd_penultimate"] = kd.location_kl(scores["final"], targets)
+            total += ld.penultimate_weight * metrics["letkd_penultimate"]
+        if parts["supervised_intermediate"]:
             student_scores = scores[ld.student_block]
             t_mid = teacher_map(teacher_out["features"][ld.teacher_block], student_scores.shape[1])
             projected = (t_mid.astype(jnp.float32) - arts["lda_mean"]) @ arts["lda_scalings"]
@@ -87,7 +90,7 @@ def fitnet_hint_shape(cfg: ml_collections.ConfigDict, teacher: Teacher, num_clas
 def distillation_procedure(cfg: ml_collections.ConfigDict, num_classes: int, teacher: Teacher | None,
                            artefacts: dict[str, Any]) -> Procedure:
     """The student (with its inserts and FitNet regressor) and its loss; the teacher and artefacts are frozen."""
-    hint = fitnet_hint_shape(cfg, teacher, num_classes) if cfg.distill.method == "fitnet" else None
+    hint = fitnet_hint_shape(cfg, teacher, num_classes) if has_term(cfg.distill, "fitnet") else None
     model = build_classifier(cfg, num_classes, inserts=student_inserts(cfg, num_classes), hint=hint)
     rng = jax.random.key(cfg.seed)
 
@@ -117,11 +120,11 @@ class DistillationTrainer(Trainer):
     @classmethod
     def check_config(cls, cfg: ml_collections.ConfigDict) -> None:
         d = cfg.distill
-        if cfg.model.backbone not in CIFAR_NETWORKS:
-            raise ConfigError(f"trainer='distillation' trains the networks of jaxdml.models.cifar; model.backbone="
-                              f"{cfg.model.backbone!r} is not one of {sorted(CIFAR_NETWORKS)}.")
-        if d.method not in METHODS:
-            raise ConfigError(f"distill.method={d.method!r}: use one of {', '.join(METHODS)}.")
+        if cfg.model.backbone not in CLASSIFIERS:
+            raise ConfigError(f"trainer='distillation' trains the networks of jaxdml.models.cifar and "
+                              f"jaxdml.models.imagenet; model.backbone={cfg.model.backbone!r} is not one of "
+                              f"{sorted(CLASSIFIERS)}.")
+        check_terms(d)  # unknown / repeated terms, a term without its weight or blocks: one line, before any work
         if needs_teacher(d) and not (d.teacher and d.teacher_arch):
             raise ConfigError(f"distill.method={d.method!r} needs a teacher: set distill.teacher_arch (e.g. resnet56) "
                               f"and distill.teacher (a converted checkpoint, a .pth or a jaxdml classification "
@@ -133,7 +136,7 @@ class DistillationTrainer(Trainer):
     def build(self) -> Procedure:
         teacher = load_teacher(self.cfg, self.num_classes)
         artefacts: dict[str, Any] = {}
-        if self.cfg.distill.method == "letkd":
+        if artefact_names(self.cfg.distill):
             artefacts = letkd_artefacts(self.cfg, teacher, self.data.train, self.num_classes,
                                         self.workdir / "artefacts")
         return distillation_procedure(self.cfg, self.num_classes, teacher, artefacts)
