@@ -250,12 +250,9 @@ def pooling_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer,
         zsr = collage["gsp"][0].setting("loss.zsr.weight")
         rows = [("GAP", collage["gap"]), *rows, (f"GSP (+ {zsr:g} ZSR)" if zsr else "GSP", collage["gsp"])]
     out(f"README, poolings (digit collages, test classes, seeds {' / '.join(map(str, seeds))}):\n")
-    out("| pooling | R@1 | MAP@R | R-precision | training time |\n|---|---|---|---|---|")
+    out("| pooling | R@1 | MAP@R | R-precision |\n|---|---|---|---|")
     for label, runs in rows:
-        cells = [stats([r.summary["final"][m] for r in runs]) for m, _ in RETRIEVAL]
-        wall = statistics.fmean(r.wall_s for r in runs)
-        note = " (resumed)" if any(r.resumed for r in runs) else ""
-        out(f"| {label} | " + " | ".join(cells) + f" | {wall / 60:.1f} min{note} |")
+        out(f"| {label} | " + " | ".join(stats([r.summary["final"][m] for r in runs]) for m, _ in RETRIEVAL) + " |")
     out("\nper seed (R@1; MAP@R):")
     for label, runs in rows:
         out(f"    {label:<16} R@1 {per_seed([r.summary['final']['precision_at_1'] for r in runs])}"
