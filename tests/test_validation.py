@@ -128,7 +128,8 @@ BAD = [
     ({"model.pooling": 1}, "model.pooling=1"),
     ({"loss.kwargs": 3}, "loss.kwargs=3 must be a dict"),
     # closed sets of names
-    ({"model.pooling": "foo"}, "model.pooling='foo' is not one of: gap, gmp, gap+gmp, gsp, xbml."),
+    ({"model.pooling": "foo"}, "model.pooling='foo' is not one of: gap, gmp, gap+gmp, gsp, xbml, cbam, crow, delf, "
+                                   "gem, gsop, netvlad, otp, soap, weldon."),
     ({"model.pooling": "gps"}, "Did you mean: gsp"),
     ({"data.name": "foo"}, "data.name='foo' is not one of: digit_pairs, digit_collage, digit_numbers, "),
     ({"data.name": "digit_pair"}, "Did you mean: digit_pairs"),
