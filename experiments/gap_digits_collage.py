@@ -4,7 +4,7 @@
 
 Expected on 2 CPU cores: 3-4.5 minutes (400 steps). Test classes (720 images, 24 numbers), seeds 0/1/2:
     GAP  R@1 90.00 / 78.19 / 83.19 = 83.80 +- 5.93   MAP@R 63.50 / 48.84 / 58.74 = 57.03 +- 7.48
-    GSP  R@1 92.82 +- 1.85, MAP@R 68.14 +- 5.51 (gsp_digits_collage.py; measured at commit d9073a8)
+    GSP  R@1 91.90 +- 2.33, MAP@R 69.97 +- 5.66 (gsp_digits_collage.py; both measured at commit db51694)
 """
 
 import importlib.util

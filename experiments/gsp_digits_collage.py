@@ -3,15 +3,16 @@
 Each 32x32 image tiles one two-digit number of the target class with three distractor numbers written
 with digits that are never targets (jaxdml/data/digits.py, in the spirit of GSP's CIFAR-Collage). 25 target
 numbers train, the other 24 are tested, with unseen handwriting. Small CNN, 8x8 feature map (N = 64),
-K = 32 prototypes, transport ratio 0.3, gamma 5, prototypes from k-center over 1,024 GAP embeddings,
-contrastive loss + 0.1 ZSR (the released recipe's weighting).
+K = 32 prototypes, transport ratio 0.3, gamma 5, prototypes from k-center over 1,024 GAP embeddings (seeded with
+the first 32, as the release), contrastive loss + 0.1 ZSR (the released recipe's weighting).
 
     python -m jaxdml.main --config experiments/gsp_digits_collage.py --workdir runs/gsp_digits_collage
 
-Expected on 2 CPU cores: 3-4.5 minutes (400 steps). Test classes (720 images, 24 numbers), seeds 0/1/2:
-    GSP  R@1 94.86 / 92.36 / 91.25 = 92.82 +- 1.85   MAP@R 74.49 / 64.73 / 65.20 = 68.14 +- 5.51
+Expected on 2 CPU cores: 3-4.5 minutes (400 steps; 5-9 while other work shares the cores). Test classes (720
+images, 24 numbers), seeds 0/1/2:
+    GSP  R@1 94.58 / 90.69 / 90.42 = 91.90 +- 2.33   MAP@R 76.29 / 68.25 / 65.36 = 69.97 +- 5.66
     GAP  R@1 90.00 / 78.19 / 83.19 = 83.80 +- 5.93   MAP@R 63.50 / 48.84 / 58.74 = 57.03 +- 7.48  (twin)
-(untrained: R@1 6.3, MAP@R 1.1; benchmarks/embedded_results.py --only collage at commit d9073a8). GSP is
+(untrained: R@1 6.3, MAP@R 1.1; benchmarks/embedded_results.py --only collage at commit db51694). GSP is
 ahead on every seed; the notebook notebooks/transport_plans.ipynb
 shows where its transported mass goes.
 """
