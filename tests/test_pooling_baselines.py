@@ -271,3 +271,17 @@ def test_a_split_embedding_must_divide_evenly():
     cfg.model.pooling, cfg.model.embedding_dim, cfg.model.netvlad.num_centers = "netvlad", 64, 12
     with pytest.raises(ConfigError, match=r"model.netvlad.num_centers=12 .*must divide model.embedding_dim=64"):
         validate(cfg)
+
+
+def test_crow_has_finite_gradients_where_a_location_or_the_whole_map_is_zero():
+    x = np.maximum(RNG.normal(size=(2, 3, 3, 4)), 0).astype(np.float32)
+    x[0, 1, 1] = 0.0  # one dead location
+    x[1] = 0.0  # a dead map
+    grads = jax.grad(lambda v: crow_pool(v).sum())(jnp.asarray(x))
+    assert np.all(np.isfinite(np.asarray(grads)))
+    assert np.all(np.isfinite(np.asarray(crow_pool(jnp.asarray(x)))))
+    # A positive map keeps the release's weights (the authors' formula, tested above) and finite-difference gradient.
+    y = jnp.asarray(np.abs(RNG.normal(size=(1, 2, 2, 3))).astype(np.float32) + 0.1, dtype=jnp.float32)
+    from jax.test_util import check_grads
+    check_grads(lambda v: crow_pool(v), (y.astype(jnp.float64) if jax.config.jax_enable_x64 else y,), order=1,
+                modes=["rev"], atol=2e-2, rtol=2e-2)

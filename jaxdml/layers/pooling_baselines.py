@@ -23,16 +23,24 @@ def gem_pool(features: jnp.ndarray, power: jnp.ndarray | float, eps: float = 1e-
     return jnp.mean(x**power, axis=1) ** (1.0 / power)
 
 
+def _safe_sqrt(x: jnp.ndarray) -> jnp.ndarray:
+    """sqrt with gradient 0 (not inf) at 0."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
 def crow_weights(features: jnp.ndarray, eps: float = 1e-16) -> tuple[jnp.ndarray, jnp.ndarray]:
     """CroW's spatial (B, N) and channel (B, C) weights of non-negative features (Kalantidis et al., a = b = 2).
 
     Spatial: ``sqrt(S / ||S||_2)`` with ``S_n = sum_c x_nc``. Channel: ``log((C eps + sum_c q_c) / (eps + q_c))``
     with ``q_c`` the mean over locations of ``sigmoid(x_nc)`` -- the release's smooth stand-in for the paper's
-    fraction of non-zero locations (which has no gradient).
+    fraction of non-zero locations (which has no gradient). A location (or a whole map) without activation gets
+    spatial weight 0 with gradient 0; the release's ``tf.sqrt`` has an infinite gradient there, which turns
+    training NaN as soon as one location of a ReLU map is all zeros.
     """
     x = as_locations(features)
     s = jnp.sum(x, axis=-1)
-    spatial = jnp.sqrt(s / jnp.sqrt(jnp.sum(jnp.square(s), axis=1, keepdims=True)))
+    spatial = _safe_sqrt(s / _safe_sqrt(jnp.sum(jnp.square(s), axis=1, keepdims=True)).clip(min=eps))
     q = jnp.mean(jax.nn.sigmoid(x), axis=1)
     channel = jnp.log((x.shape[-1] * eps + jnp.sum(q, axis=-1, keepdims=True)) / (eps + q))
     return spatial, channel
