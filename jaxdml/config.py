@@ -34,6 +34,8 @@ from ml_collections import config_dict
 # The allowed values of every key with a closed set of values live next to the code that dispatches on them;
 # validation reads them from there.
 from jaxdml.data.datasets import DATASETS
+from jaxdml.data.folder import LAYOUT as FOLDER_LAYOUT
+from jaxdml.data.folder import NAME as FOLDER
 from jaxdml.data.pipeline import AUGMENTATIONS
 from jaxdml.data.sampler import GROUPED_SAMPLERS, SAMPLERS
 from jaxdml.data.transforms import PAD_MODES
@@ -65,7 +67,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     # retrieval: digit_pairs | digit_collage (embedded) | caltech_birds2011 | cars196 | stanford_online_products |
-    # inshop. classification: digit_numbers (embedded) | cifar10 | cifar100 | tiny_imagenet
+    # inshop | folder (your own images: data.path). classification: digit_numbers (embedded) | cifar10 | cifar100 |
+    # tiny_imagenet
     c.data.name = "digit_pairs"
     c.data.data_dir = config_dict.placeholder(str)  # TFDS data dir; None = TFDS default (~/tensorflow_datasets)
     c.data.image_size = 224  # train crop and eval centre crop (227 for BN-Inception)
@@ -83,8 +86,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.folds = 0
     c.data.fold = -1
     c.data.num_workers = 0  # grain worker processes for decoding/augmenting (0 = in the main process)
-    # Decode-once image cache (jaxdml.data.cache) for real datasets: decoded images, shorter side data.resize_size,
-    # in one memory-mapped file per split shared by all workers. None = off; "default" = <TFDS data_dir>/jaxdml_cache.
+    # Decode-once image cache (jaxdml.data.cache) for real datasets and folder: decoded images, shorter side
+    # data.resize_size, in one memory-mapped file per split shared by all workers. None = off; "default" =
+    # <TFDS data_dir>/jaxdml_cache.
     c.data.cache_dir = config_dict.placeholder(str)
     # random_resized_crop | pad_crop (CIFAR: pad, random crop) | rotate (random rotation; Tiny-ImageNet) | none
     c.data.augment = "random_resized_crop"
@@ -92,6 +96,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.pad_mode = "zeros"  # pad_crop: zeros | reflect (torchvision padding_mode="reflect"; the letKD release)
     c.data.rotation_degrees = 20.0  # rotate: angles uniform in [-degrees, degrees]
     c.data.skip_corrupt = False  # undecodable images: error (False) or replace/skip and count (True)
+    # data.name = "folder" (your own images, jaxdml.data.folder): data.path is a folder with one sub-folder of images
+    # per class (ImageFolder layout) or a CSV file of path,label rows (relative paths: from the CSV's folder). The
+    # test classes: data.test_path (same layout), or else a class-disjoint random data.test_fraction of data.path's
+    # classes drawn with data.split_seed (a fixed split: runs with other seeds test on the same classes).
+    c.data.path = config_dict.placeholder(str)
+    c.data.test_path = config_dict.placeholder(str)
+    c.data.test_fraction = 0.5
+    c.data.split_seed = 0
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "small_cnn"  # see jaxdml.models.BACKBONES
@@ -240,6 +252,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.selection_metric = ""  # metric that picks the best checkpoint; "" = map_at_r (retrieval), accuracy
     c.eval.clustering = True  # NMI / AMI (k-means on the query embeddings)
     c.eval.at_start = True  # evaluate the untrained network too
+    # Retrieval picture at each evaluation (TensorBoard + <workdir>/pictures): the first image of the first N query
+    # classes with their top-k neighbours (green border: same class, red: another); 0 = no picture.
+    c.eval.pictures = 8
+    c.eval.picture_k = 5
     return c
 
 
@@ -461,6 +477,8 @@ RULES: dict[str, Rule] = {
     "data.num_workers": INDEX,
     "data.crop_padding": INDEX,
     "data.rotation_degrees": Number(ge=0, le=180),
+    "data.test_fraction": Number(gt=0, lt=1),
+    "data.split_seed": INDEX,
     "model.width": COUNT,
     "model.embedding_dim": COUNT,
     "model.gsp.num_prototypes": COUNT,
@@ -543,6 +561,8 @@ RULES: dict[str, Rule] = {
     "distill.template.weight": NON_NEGATIVE,
     "eval.batch_size": COUNT,
     "eval.ks": Increasing(COUNT),
+    "eval.pictures": INDEX,
+    "eval.picture_k": COUNT,
 }
 
 
@@ -842,10 +862,22 @@ def _folds(cfg: ml_collections.ConfigDict) -> Broken | None:
     return None
 
 
+def _folder_paths(cfg: ml_collections.ConfigDict) -> Broken | None:
+    d = cfg.data
+    if d.name == FOLDER and not d.path:
+        return Broken("data.path", d.path, f"must be set with data.name={FOLDER!r}: {FOLDER_LAYOUT}",
+                      "/path/to/images")
+    if d.name != FOLDER and (d.path or d.test_path):
+        key = "data.path" if d.path else "data.test_path"
+        return Broken(key, d[key.split(".")[1]], f"is read only with data.name={FOLDER!r} (your own images), not "
+                      f"{d.name!r}", None)
+    return None
+
+
 # Rules between keys, checked once every key has a valid value of its own.
 CROSS_KEY_RULES: tuple[Callable[[ml_collections.ConfigDict], Broken | None], ...] = (
     _whole_groups, _eval_crop_fits, _gsp_memory_holds_prototypes, _pooling_splits_embedding, _zsr_needs_gsp,
-    _xbml_needs_its_head, _pretrained_needs_weights, _boundaries_within_training, _folds)
+    _xbml_needs_its_head, _pretrained_needs_weights, _boundaries_within_training, _folds, _folder_paths)
 
 
 def _agreeing(cfg: ml_collections.ConfigDict, key: str, suggestion: Any) -> Any:

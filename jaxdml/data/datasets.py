@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from jaxdml.data import digits
+from jaxdml.data import digits, folder
 from jaxdml.data.sources import DataSplits, Source, split_fold, split_validation_classes
 from jaxdml.data.specs import DATASETS as TFDS_DATASETS
 
@@ -19,7 +19,8 @@ EMBEDDED: dict[str, Callable[[], tuple[Source, Source]]] = {
     "digit_numbers": digits.load_digit_numbers,
 }
 # data.name -> description; the one list of valid names.
-DATASETS: dict[str, str] = {**{name: f"embedded ({name})" for name in EMBEDDED}, **TFDS_DATASETS}
+DATASETS: dict[str, str] = {**{name: f"embedded ({name})" for name in EMBEDDED}, **TFDS_DATASETS,
+                             folder.NAME: f"your own images in data.path: {folder.LAYOUT}"}
 
 
 def load_data(cfg: ml_collections.ConfigDict) -> DataSplits:
@@ -28,9 +29,12 @@ def load_data(cfg: ml_collections.ConfigDict) -> DataSplits:
         train, query = EMBEDDED[cfg.name]()
         splits = DataSplits(train=train, query=query)
     else:
-        from jaxdml.data.tfds_sources import load_dataset
+        if cfg.name == folder.NAME:
+            splits = folder.load_folder(cfg)
+        else:
+            from jaxdml.data.tfds_sources import load_dataset
 
-        splits = load_dataset(cfg.name, cfg.data_dir)
+            splits = load_dataset(cfg.name, cfg.data_dir)
         if cfg.cache_dir:
             from jaxdml.data.cache import cached
 

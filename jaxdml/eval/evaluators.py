@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxdml import distributed
 from jaxdml.data import pipeline
 from jaxdml.data.sources import Source
+from jaxdml.eval.pictures import retrieval_picture
 from jaxdml.eval.retrieval import retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ class Evaluator:
 
     def __init__(self, cfg: ml_collections.ConfigDict, predict: Predict, mesh: Mesh):
         self.cfg, self.predict, self.mesh = cfg, predict, mesh
+        self.keep_outputs = False  # keep the last call's sources and outputs in ``last`` (for a picture)
+        self.last: tuple[Source, Outputs, Source | None, Outputs | None] | None = None
 
     @staticmethod
     def metric_names(eval_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -122,7 +125,22 @@ class RetrievalEvaluator(Evaluator):
         r = self.outputs(state, reference) if reference is not None else None
         metrics = self.score(q, r)
         metrics["eval_seconds"] = time.perf_counter() - start
+        if self.keep_outputs:
+            self.last = (query, q, reference, r)
         return metrics
+
+    def picture(self) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+        """The retrieval picture (:mod:`jaxdml.eval.pictures`: ``eval.pictures`` queries, ``eval.picture_k``
+        neighbours) of the last call's embeddings, kept with ``keep_outputs``; they are released. None when there
+        are none (or nothing to show)."""
+        if self.last is None or not self.cfg.eval.pictures:
+            self.last = None
+            return None
+        (query, q, reference, r), self.last = self.last, None
+        d = self.cfg.data
+        return retrieval_picture(q.values, q.labels, q.valid, query, r and r.values, r and r.labels, r and r.valid,
+                                 reference, queries=self.cfg.eval.pictures, k=self.cfg.eval.picture_k,
+                                 image_size=d.image_size, resize_size=d.resize_size, mesh=self.mesh)
 
     def score(self, query: Outputs, reference: Outputs | None = None) -> dict[str, float]:
         """The metrics of given embeddings (e.g. several models' outputs concatenated)."""

@@ -485,6 +485,8 @@ def knn(
     query_block_size: int | None = None,
     reference_block_size: int | None = None,
     mesh: Mesh | None = None,
+    rows=None,
+    reference_valid=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours by squared Euclidean distance, blockwise in JAX, sharded over ``mesh``.
 
@@ -492,9 +494,11 @@ def knn(
     (``NamedSharding(mesh, PartitionSpec("data"))``, possibly spanning several processes). ``reference=None``
     searches the query set against itself, excluding each query (by index, not by distance). Ties are broken
     by the lower reference index, as faiss ``IndexFlatL2`` does. ``mesh``: the devices the reference rows are
-    split over (None: the mesh of a sharded input, else all devices).
+    split over (None: the mesh of a sharded input, else all devices). ``rows``: the query rows to search for
+    (default: all). ``reference_valid``: (m,) bool mask of the reference rows that may be neighbours (with
+    ``reference=None``, of the query set); the others (padding) may hold anything.
     Returns (squared distances (n, k) float32, indices (n, k) int32 into the reference rows), both sorted,
-    as numpy arrays (the same in every process).
+    as numpy arrays (the same in every process); n is the number of ``rows``.
     """
     q = _as_embeddings(query, "query")
     same = reference is None
@@ -502,17 +506,22 @@ def knn(
     if r.shape[1] != q.shape[1]:
         raise ValueError(f"query has embedding dim {q.shape[1]} but reference has {r.shape[1]}")
     mesh = _resolve_mesh(mesh, [("query", q), ("reference", r)])
-    q = _checked(q, "query", np.ones(q.shape[0], bool), mesh)
-    r = q if same else _checked(r, "reference", np.ones(r.shape[0], bool), mesh)
-    available = r.shape[0] - int(same)
+    ids = np.arange(q.shape[0], dtype=np.int32) if rows is None else np.asarray(rows, np.int32).reshape(-1)
+    if ids.size == 0 or ids.min() < 0 or ids.max() >= q.shape[0]:
+        raise ValueError(f"rows must be non-empty indices into the {q.shape[0]} query rows")
+    r_valid = _as_mask(reference_valid, "reference_valid", r.shape[0], "reference")
+    q_valid = np.zeros(q.shape[0], bool)
+    q_valid[ids] = True
+    q = _checked(q, "query", q_valid | r_valid if same else q_valid, mesh)
+    r = q if same else _checked(r, "reference", r_valid, mesh)
+    available = int(r_valid.sum()) - int(same)
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= available:
         raise ValueError(f"k must be an integer in [1, {available}] (reference items), got {k!r}")
     _check_block(query_block_size, "query_block_size")
     _check_block(reference_block_size, "reference_block_size")
     qb, rb = _default_blocks(query_block_size, reference_block_size)
-    ref = _Reference(mesh, r, np.zeros(r.shape[0], np.int32), rb)
-    ids = np.arange(q.shape[0], dtype=np.int32)
-    q_self = ids if same else np.full(q.shape[0], -1, np.int32)
+    ref = _Reference(mesh, r, np.where(r_valid, 0, _PAD_LABEL).astype(np.int32), rb)
+    q_self = ids if same else np.full(ids.size, -1, np.int32)
     d, idx = _over_query_blocks(_topk_kernel(mesh, int(k), rb), ref, mesh, q, ids, qb, (q_self, -1))
     return d, idx
 

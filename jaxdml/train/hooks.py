@@ -3,9 +3,9 @@ stopping, checkpoints and graceful stops on signals. Trainers choose and order t
 ``state_dict()`` (saved in every checkpoint) so that an interrupted run resumes to the uninterrupted result.
 
 Order matters: :class:`SignalHook` first (a signal must be seen before the checkpoint decision of the same step),
-then :class:`LogHook`, :class:`EvalHook`, :class:`ReduceOnPlateau`, :class:`EarlyStopping`, and
-:class:`CheckpointHook` last (it saves what
-the others decided and raises :class:`~jaxdml.train.loop.Interrupted` after a signal).
+then :class:`LogHook`, :class:`EvalHook` (with :class:`PictureHook`), :class:`ReduceOnPlateau`,
+:class:`EarlyStopping`, and :class:`CheckpointHook` last (it saves what the others decided and raises
+:class:`~jaxdml.train.loop.Interrupted` after a signal).
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
 from jaxdml import distributed
+from jaxdml.eval.pictures import save_png
 from jaxdml.train.checkpoint import Checkpointer
 from jaxdml.train.loop import Hook, Interrupted, Loop
 from jaxdml.train.optim import lr_factor
@@ -179,6 +181,33 @@ class EvalHook(Hook):
         loop.events["eval"] = metrics
         loop.events["improved"] = improved
         loop.echo(f"step {step} ({self.split}): {format_metrics(metrics)}")
+
+
+class PictureHook(Hook):
+    """After each evaluation (the untrained network's too): the picture ``draw()`` returns (None: nothing to show)
+    goes to TensorBoard (``tag``) and to ``<directory>/<tag>_step<k>.png``. ``draw`` runs on every process (it may
+    be a collective); process 0 writes. Keeps nothing: the picture depends only on the state and the config."""
+
+    def __init__(self, draw: Callable[[], tuple[np.ndarray, Any] | None], writer: MetricWriter, directory: Path, *,
+                 tag: str = "retrieval"):
+        self.draw, self.writer, self.directory, self.tag = draw, writer, Path(directory), tag
+
+    def show(self, step: int, tag: str | None = None) -> Path | None:
+        """Draws the picture of the last evaluation and writes it under ``tag`` (default: the hook's); returns the
+        PNG's path (None: no picture)."""
+        drawn = self.draw()
+        if drawn is None or not distributed.is_primary():
+            return None
+        tag = tag or self.tag
+        self.writer.write_image(step, tag, drawn[0])
+        return save_png(drawn[0], self.directory / f"{tag}_step{step}.png")
+
+    def before_train(self, loop: Loop) -> None:
+        self.show(int(loop.state.step))  # the untrained network's evaluation, if there was one
+
+    def after_step(self, loop: Loop, step: int) -> None:
+        if "eval" in loop.events:
+            self.show(step)
 
 
 class ReduceOnPlateau(Hook):

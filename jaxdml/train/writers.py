@@ -58,6 +58,12 @@ class MetricWriter:
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{split}/{key}", value, int(step))
 
+    def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """An (H, W, 3) uint8 image to TensorBoard under ``tag`` (nothing without TensorBoard)."""
+        if self._tb is not None:
+            self._tb.add_image(tag, image, int(step), dataformats="HWC")
+            self._tb.flush()
+
     def _rewrite(self, records: list[dict[str, Any]]) -> None:
         """Replaces the file's contents atomically (a crash leaves the old or the new file, never half)."""
         tmp = self.path.with_suffix(".jsonl.tmp")
@@ -93,6 +99,9 @@ class NullWriter(MetricWriter):
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         del step, split, metrics
+
+    def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
+        del step, tag, image
 
     def close(self) -> None:
         pass

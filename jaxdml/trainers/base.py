@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import jax
 import ml_collections
 import optax
+from absl import logging as absl_logging
 from flax import linen as nn
 from jax.sharding import Mesh
 
@@ -27,7 +28,7 @@ from jaxdml.data.datasets import DataSplits, load_data
 from jaxdml.data.sampler import build_sampler
 from jaxdml.data.sources import num_classes
 from jaxdml.errors import ConfigError, UserError
-from jaxdml.eval import EVALUATORS
+from jaxdml.eval import EVALUATORS, RetrievalEvaluator
 from jaxdml.train import hooks as hk
 from jaxdml.train.checkpoint import Checkpointer, CorruptCheckpointError, abstract_like
 from jaxdml.train.loop import Hook, Loop, prefetch
@@ -127,15 +128,9 @@ class Trainer:
         if cfg.train.batch_size % devices:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {devices} devices; "
                               f"use a multiple of {devices}.")
-        self.data: DataSplits = load_data(cfg.data)
+        self._build_setup()
+        setup = self.setup
         self.sampler = build_sampler(cfg.data, self.data.train, cfg.train.batch_size, cfg.seed)
-        self.num_classes = num_classes(self.data.train)
-
-        setup = setup_training(cfg, self.build(), self.mesh)
-        self.setup = setup
-        self.model, self.state_sharding = setup.model, setup.state_sharding
-        evaluator = EVALUATORS[cfg.eval.evaluator]
-        self.evaluator = evaluator(cfg, setup.predict(evaluator.output), self.mesh)
         # Model selection on the held-out training classes if there are any, else on the test set.
         if self.data.val is not None:
             self.selection_split, query, reference = "val", self.data.val, None
@@ -169,6 +164,49 @@ class Trainer:
         self.loop: Loop | None = None
         distributed.barrier("jaxdml: run checked")  # every process has read the workdir before process 0 writes it
 
+    def _build_setup(self) -> None:
+        """Data, model, initial state, jitted steps and evaluator of ``self.cfg`` on ``self.mesh``."""
+        self.data: DataSplits = load_data(self.cfg.data)
+        self.num_classes = num_classes(self.data.train)
+        self.setup = setup_training(self.cfg, self.build(), self.mesh)
+        self.model, self.state_sharding = self.setup.model, self.setup.state_sharding
+        evaluator = EVALUATORS[self.cfg.eval.evaluator]
+        self.evaluator = evaluator(self.cfg, self.setup.predict(evaluator.output), self.mesh)
+
+    @classmethod
+    def for_inference(cls, cfg: ml_collections.ConfigDict, workdir: str | Path) -> Trainer:
+        """The trainer of the run in ``workdir`` (``cfg``: its config) built for inference: data, model, state
+        structure and evaluator as for training, but nothing in the workdir is checked against, created or written
+        (its checkpoints are opened read-only; :meth:`restore` reads one). Close it after use."""
+        self = cls.__new__(cls)
+        self.cfg, self.workdir, self.mesh = cfg, Path(workdir), create_mesh()
+        self.writer, self.loop, self.checkpointer = None, None, None
+        self._build_setup()
+        self._state = self.setup.state
+        verbosity = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns that a read-only manager saves nothing
+        try:
+            self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=cfg.train.keep_checkpoints,
+                                             selection_metric=cfg.eval.selection_metric, read_only=True)
+        finally:
+            absl_logging.set_verbosity(verbosity)
+        return self
+
+    def restore(self, step: int) -> TrainState:
+        """The state of this run's checkpoint ``step``, checked to fit this run's state (a
+        :class:`~jaxdml.train.checkpoint.CheckpointMismatchError` names the arrays that differ) and verified."""
+        abstract = abstract_like(self.setup.state)
+        self.checkpointer.check_fits(step, abstract, fix=(
+            f"it was saved by another model than {self.workdir / 'config.json'} describes (model.backbone="
+            f"{self.cfg.model.backbone!r}, model.embedding_dim={self.cfg.model.embedding_dim}); evaluate checkpoints "
+            f"with the config.json of the run that saved them"))
+        try:
+            state, _ = self.checkpointer.restore(step, abstract)
+        except CorruptCheckpointError as error:
+            raise UserError(f"checkpoint step {step} in {self.checkpointer.directory} is damaged ({error}); use "
+                            f"another step.") from None
+        return state
+
     def begin(self) -> Loop:
         """The run really starts: writes ``config.json`` / ``run.json``, opens the metric files and the
         checkpoints, and builds the loop with its hooks (done by :meth:`train`; once)."""
@@ -193,6 +231,11 @@ class Trainer:
         hooks: list[Hook] = [hk.SignalHook(), hk.LogHook(self.writer, every=t.log_every, num_steps=t.num_steps,
                                                          batch_size=t.batch_size, progress_bar=t.progress_bar),
                              self.eval_hook]
+        self.picture_hook: hk.PictureHook | None = None
+        if cfg.eval.pictures and isinstance(self.evaluator, RetrievalEvaluator):
+            self.evaluator.keep_outputs = True
+            self.picture_hook = hk.PictureHook(self.evaluator.picture, self.writer, self.workdir / "pictures")
+            hooks.append(self.picture_hook)
         plateau = cfg.optim.plateau
         if plateau.factor > 0:
             set_factor = jax.jit(lambda state, factor: state.replace(opt_state=set_lr_factor(state.opt_state, factor)),
@@ -284,6 +327,8 @@ class Trainer:
             else:
                 final = self.evaluator(self.state, data.query, data.reference)
                 self.writer.write(step, "test", final)
+                if self.picture_hook is not None:
+                    self.picture_hook.show(step, "retrieval_test")
             self.loop.echo(f"trained, step {step} (test): {hk.format_metrics(final)}")
             summary: dict[str, Any] = {"initial": self.eval_hook.initial, "final": final,
                                        "best_step": self.eval_hook.best_step}
@@ -292,6 +337,7 @@ class Trainer:
                 self.checkpointer.wait()
                 best_state, _ = self.checkpointer.restore(best_step, abstract_like(self.state))
                 summary["best"] = self.evaluator(best_state, data.query, data.reference)
+                self.evaluator.last = None  # no picture of it
                 self.writer.write(best_step, "test_at_best_val", summary["best"])
                 self.loop.echo(f"best on val (step {best_step}), test: {hk.format_metrics(summary['best'])}")
             hk.save(self.loop, self.checkpointer, step)

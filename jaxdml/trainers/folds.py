@@ -61,6 +61,11 @@ def concatenate(parts: list[jax.Array], norm: str) -> jax.Array:
     return jax.jit(lambda *xs: normalize(jnp.concatenate([normalize(x) for x in xs], axis=-1)))(*parts)
 
 
+def concatenated_outputs(parts: list[Outputs], norm: str) -> Outputs:
+    """Several models' outputs over the same source as one: their values joined by :func:`concatenate`."""
+    return Outputs(concatenate([p.values for p in parts], norm), parts[0].labels, parts[0].valid)
+
+
 def summarize(per_model: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
     """(mean, standard deviation) over the models of every metric they all report."""
     keys = [k for k in per_model[0] if all(k in m for m in per_model) and k != "eval_seconds"]
@@ -136,10 +141,8 @@ class FoldProtocol:
                 run.close()
             fold_summaries.append({"best_step": best_step, "test": summary.get("best", summary["final"])})
         mean, std = summarize([s["test"] for s in fold_summaries])
-        q0, r0 = queries[0], references[0]
-        query = Outputs(concatenate([q.values for q in queries], cfg.model.embedding_norm), q0.labels, q0.valid)
-        reference = None if r0 is None else Outputs(
-            concatenate([r.values for r in references], cfg.model.embedding_norm), r0.labels, r0.valid)
+        query = concatenated_outputs(queries, cfg.model.embedding_norm)
+        reference = None if references[0] is None else concatenated_outputs(references, cfg.model.embedding_norm)
         concatenated = scorer.score(query, reference)
         dim = cfg.model.embedding_dim
         result = {"folds": fold_summaries, "mean": mean, "std": std, "concatenated": concatenated,

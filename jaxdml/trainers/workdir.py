@@ -31,7 +31,7 @@ from jaxdml.errors import ConfigError, UserError
 # Keys a resumed run may change: they do not change what the run computes.
 RESUME_SAFE_KEYS = frozenset({
     "train.log_every", "train.progress_bar", "train.checkpoint_every", "train.keep_checkpoints",
-    "data.num_workers", "data.data_dir", "data.cache_dir", "eval.batch_size",
+    "data.num_workers", "data.data_dir", "data.cache_dir", "eval.batch_size", "eval.pictures", "eval.picture_k",
 })
 CONFIG_FILE, RUN_FILE = "config.json", "run.json"
 _SHOWN = 6  # differing keys named in a refusal
