@@ -280,6 +280,8 @@ def _check_parameter(name: str, value, batch: tuple[int, ...], *, upper_closed: 
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)) or dtype == jnp.bool_:
         raise TypeError(f"{name} must be a real number (or a real array), got dtype {dtype}; pass a float")
     shape = jnp.shape(value)
+    if shape == ():  # a scalar broadcasts to any batch, also a symbolic one (jax.export with a dynamic batch)
+        return _check_range(name, value, upper_closed=upper_closed)
     try:
         np.broadcast_shapes(shape, batch)
     except ValueError:
@@ -288,6 +290,11 @@ def _check_parameter(name: str, value, batch: tuple[int, ...], *, upper_closed: 
     if np.broadcast_shapes(shape, batch) != batch:
         raise ValueError(f"{name} has shape {shape}, which would enlarge the batch shape {batch} of the cost "
                          f"(..., K, N); pass a scalar or an array of shape cost.shape[:-2]")
+    return _check_range(name, value, upper_closed=upper_closed)
+
+
+def _check_range(name: str, value, *, upper_closed: bool) -> bool:
+    """The range half of :func:`_check_parameter`: True when ``value`` is concrete (and then in range)."""
     concrete = _concrete(value)
     if concrete is None:
         return False
