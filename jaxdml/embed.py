@@ -72,8 +72,9 @@ def _merge(node: ml_collections.ConfigDict, values: dict[str, Any]) -> None:
 
 
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config of the run in ``workdir`` (its ``config.json`` over the current defaults, so that a run saved
-    before a key existed reads with that key's default)."""
+    """The config of the run in ``workdir``: its ``config.json`` over the current defaults, so that a run saved
+    before a key existed reads with that key's default (keys the code no longer has are dropped; ``kwargs`` and
+    ``extra_terms`` are taken whole). Not validated: :func:`jaxdml.trainers.resolve_config` does that."""
     workdir = Path(workdir)
     path = workdir / CONFIG_FILE
     if not path.is_file():
@@ -93,34 +94,44 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     return cfg
 
 
-def _newest_meta(checkpointer: Checkpointer, step: int) -> dict[str, Any]:
+def _best_step(checkpointer: Checkpointer, newest: int, workdir: Path) -> int | None:
+    """The best step of the run's evaluation: recorded in its newest checkpoint (current even when a longer run
+    was interrupted), else in its ``summary.json``; None before the first evaluation."""
     import orbax.checkpoint as ocp
 
-    restored = checkpointer.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return dict(restored["meta"])
+    meta = checkpointer.manager.restore(newest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    best = dict(meta).get("hooks", {}).get(EvalHook.name, {}).get("best_step")
+    summary = workdir / "summary.json"
+    if best is None and summary.is_file():
+        best = json.loads(summary.read_text()).get("best_step")
+    return best
 
 
-def resolve_step(checkpointer: Checkpointer, step: str | int, workdir: Path) -> int:
-    """The checkpoint ``--step`` names: ``latest``, ``best`` (the best step of the run's evaluation, recorded in
-    its newest checkpoint) or a saved step number."""
+def resolve_step(checkpointer: Checkpointer, step: str | int, workdir: str | Path) -> int:
+    """The checkpoint ``step`` (``--step``) names among the run's saved ones: ``latest``, ``best`` (the best step of
+    the run's evaluation) or a saved step number. Raises :class:`UserError` listing the saved steps."""
+    workdir, step = Path(workdir), str(step)
     steps = checkpointer.steps()
-    saved = ", ".join(map(str, steps))
     if not steps:
         raise UserError(f"--workdir {workdir} has no checkpoints yet (none in {checkpointer.directory}); train the run "
-                        f"until its first checkpoint (train.checkpoint_every) and embed again.")
+                        f"until its first checkpoint (train.checkpoint_every) and try again.")
+    saved = f"saved steps: {', '.join(map(str, steps))}"
     if step == "latest":
         return steps[-1]
     if step == "best":
-        best = _newest_meta(checkpointer, steps[-1]).get("hooks", {}).get(EvalHook.name, {}).get("best_step")
+        best = _best_step(checkpointer, steps[-1], workdir)
         if best is None:
             raise UserError(f"the run in --workdir {workdir} has not been evaluated yet, so it has no best step; use "
-                            f"--step latest (or one of the saved steps: {saved}).")
+                            f"--step latest or a step number ({saved}).")
         if best not in steps:
             raise UserError(f"the run's best step {best} is no longer among the saved checkpoints ({saved}); use "
                             f"--step latest or one of those.")
         return int(best)
-    if not str(step).isdigit() or int(step) not in steps:
-        raise UserError(f"--step={step}: use best, latest or a saved step of --workdir {workdir} ({saved}).")
+    if not step.isdigit():
+        raise UserError(f"--step={step}: give a step number, best or latest ({saved}).")
+    if int(step) not in steps:
+        raise UserError(f"--step={step}: no checkpoint of step {step} in {checkpointer.directory}; use best, latest "
+                        f"or one of the {saved}.")
     return int(step)
 
 
@@ -151,7 +162,12 @@ class TrainedModel:
 
 def load_trained(workdir: str | Path, step: str | int = "best") -> TrainedModel:
     """The model of the run in ``workdir`` with the weights of checkpoint ``step`` (``best``, ``latest`` or a
-    number), checked against the model its config builds. Raises :class:`UserError` naming the fix."""
+    number), checked against the model its config builds, for inference in Python: ``trained.model.apply(
+    trained.variables, images, train=False)["embedding"]`` maps uint8 (B, H, W, 3) images (``config.data
+    .image_size``) to embeddings; ``variables`` (parameters and BatchNorm statistics, without the loss's parameters
+    such as proxies) are replicated over the devices. Reads only the checkpoint and ``config.json`` (no training
+    data), so only embedding runs (``EMBEDDING_TRAINERS``) load; a classifier's head depends on its dataset
+    (evaluate it with ``python -m jaxdml.evaluate``). Raises :class:`UserError` naming the fix."""
     workdir = Path(workdir)
     cfg = load_run_config(workdir)
     if cfg.trainer not in EMBEDDING_TRAINERS:

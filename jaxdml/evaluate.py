@@ -11,7 +11,9 @@ metrics are printed and saved to ``<workdir>/evaluations/<name>.json`` (``--pict
 to it, ``<name>.png``); nothing else in the workdir changes. A workdir of the MLRC fold protocol (``data.folds``)
 is evaluated as the protocol does: every fold's model (default: its best checkpoint) alone and the concatenation.
 
-:func:`load_run` restores a run's model for inference in Python.
+To restore a run's model for inference in Python (no dataset needed), use :func:`jaxdml.embed.load_trained`;
+the config reading and the ``--step`` resolution here are that module's (:func:`jaxdml.embed.load_run_config`,
+:func:`jaxdml.embed.resolve_step`).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import ml_collections
 from absl import app, flags, logging
 
 from jaxdml.cli import WORKDIR, initialize_distributed, run_user_errors
-from jaxdml.config import check_overrides, default_config, validate
+from jaxdml.config import check_overrides, validate
 from jaxdml.errors import ConfigError, UserError
 
 STEP = flags.DEFINE_string("step", "", "Checkpoint to evaluate: a step number, best (the best evaluation's) or "
@@ -48,101 +50,27 @@ FIXED_KEYS = {"data.folds": "the fold protocol is the run's; evaluate one model 
               "eval.evaluator": "the evaluator follows the run's trainer (retrieval or accuracy)"}
 
 
-class LoadedRun(NamedTuple):
-    """A restored run: ``model.apply(variables, images, train=False)`` maps uint8 (B, H, W, 3) images (``config.data
-    .image_size``) to the model's outputs (``embedding``, or ``logits`` for a classifier)."""
-
-    config: ml_collections.ConfigDict
-    model: Any  # flax.linen.Module
-    variables: dict[str, Any]  # replicated over the devices
-    step: int
-
-
-def _merge(node: ml_collections.ConfigDict, stored: dict[str, Any]) -> None:
-    for key, value in stored.items():
-        if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
-            _merge(node[key], value)
-        elif isinstance(value, dict):
-            node[key] = ml_collections.ConfigDict(value)
-        else:
-            node[key] = tuple(value) if isinstance(value, list) else value
-
-
-def run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config of the run in ``workdir`` (its ``config.json`` over the current defaults), resolved."""
+def _run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config of the run in ``workdir`` (:func:`jaxdml.embed.load_run_config`), resolved and validated."""
+    from jaxdml.embed import load_run_config
     from jaxdml.trainers import resolve_config
 
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
-        raise UserError(f"--workdir {workdir} holds no jaxdml run (no config.json); give the --workdir a training run "
-                        f"wrote (python -m jaxdml.main ... --workdir DIR).")
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"{path} cannot be read ({error}); restore it from the run.") from None
-    cfg = default_config()
-    with cfg.unlocked():
-        _merge(cfg, stored)
-    return resolve_config(cfg)[0]
+    return resolve_config(load_run_config(workdir))[0]
 
 
-def resolve_step(trainer: Any, spec: str) -> int:
-    """The checkpoint step ``spec`` names (a number, ``best``, ``latest``) among the run's saved ones."""
-    checkpointer, workdir = trainer.checkpointer, trainer.workdir
-    steps = checkpointer.steps()
-    if not steps:
-        raise UserError(f"--workdir {workdir} holds no checkpoint yet ({checkpointer.directory} is empty); evaluate "
-                        f"it once training has saved one.")
-    saved = f"saved steps: {', '.join(map(str, steps))}"
-    if spec in ("", "latest"):
-        return steps[-1]
-    if spec == "best":
-        summary = Path(workdir) / "summary.json"
-        best = json.loads(summary.read_text()).get("best_step") if summary.is_file() else None
-        if best is None:
-            meta = checkpointer.manager.restore(steps[-1], args=_meta_args())["meta"]
-            best = meta.get("hooks", {}).get("eval", {}).get("best_step")
-        if best is None:
-            raise UserError(f"the run in {workdir} has no best step yet (no evaluation so far); use --step latest "
-                            f"or a step number ({saved}).")
-        spec = str(best)
-    if not spec.isdigit():
-        raise UserError(f"--step={spec}: give a step number, best or latest ({saved}).")
-    if int(spec) not in steps:
-        raise UserError(f"no checkpoint of step {spec} in {checkpointer.directory}; {saved} (or --step best|latest).")
-    return int(spec)
-
-
-def _meta_args() -> Any:
-    import orbax.checkpoint as ocp
-
-    return ocp.args.Composite(meta=ocp.args.JsonRestore())
-
-
-def _restore(workdir: str | Path, step: str, cfg: ml_collections.ConfigDict | None = None) -> tuple[Any, Any, int]:
-    """(trainer built for inference, restored state, step) of the run in ``workdir``; close the trainer."""
+def _restore(workdir: str | Path, step: str, cfg: ml_collections.ConfigDict) -> tuple[Any, Any, int]:
+    """(trainer built for inference, with the run's data and evaluator; restored state; step) of the run in
+    ``workdir`` at ``step`` (default latest); close the trainer."""
+    from jaxdml.embed import resolve_step
     from jaxdml.trainers import TRAINERS
 
-    cfg = cfg or run_config(workdir)
     trainer = TRAINERS[cfg.trainer].for_inference(cfg, workdir)
     try:
-        number = resolve_step(trainer, str(step))
+        number = resolve_step(trainer.checkpointer, step or "latest", trainer.workdir)
         return trainer, trainer.restore(number), number
     except BaseException:
         trainer.close()
         raise
-
-
-def load_run(workdir: str | Path, step: int | str = "latest") -> LoadedRun:
-    """The model of the run in ``workdir`` at checkpoint ``step`` (a number, ``"best"`` or ``"latest"``), for
-    inference: its config, Flax module and variables (parameters and BatchNorm statistics, without the loss's
-    parameters such as proxies), and the step restored. Raises :class:`~jaxdml.errors.UserError` naming the fix
-    (not a run, no such step, a checkpoint that does not fit the config)."""
-    from jaxdml.train.state import model_variables
-
-    trainer, state, number = _restore(workdir, str(step))
-    trainer.close()
-    return LoadedRun(trainer.cfg, trainer.model, model_variables(state.params, state.model_state), number)
 
 
 def _parse_value(key: str, text: str, current: Any) -> Any:
@@ -226,7 +154,7 @@ def evaluate_run(workdir: str | Path, *, step: str = "", split: str = "test",
         raise UserError(f"--name={name}: give a plain file name (no directories).")
     if not (workdir / "config.json").exists() and fold_workdir(workdir, 0).is_dir():
         return _evaluate_folds(workdir, step or "best", split, list(overrides), picture, name)
-    run_cfg = run_config(workdir)
+    run_cfg = _run_config(workdir)
     cfg = with_overrides(run_cfg, list(overrides))
     trainer, state, number = _restore(workdir, step, run_cfg)
     try:
@@ -252,11 +180,11 @@ def _evaluate_folds(workdir: Path, step: str, split: str, overrides: list[tuple[
         raise UserError(f"--split={split}: each fold's model was selected on its own held-out fold, so the models "
                         f"are evaluated together only on the test set; evaluate one model with --workdir "
                         f"{fold_workdir(workdir, 0)} (fold_<k>) --split={split}.")
-    first = run_config(fold_workdir(workdir, 0))
+    first = _run_config(fold_workdir(workdir, 0))
     folds, queries, references = [], [], []
     evaluator = None
     for fold in range(first.data.folds):
-        run_cfg = run_config(fold_workdir(workdir, fold))
+        run_cfg = _run_config(fold_workdir(workdir, fold))
         cfg = with_overrides(run_cfg, overrides)
         trainer, state, number = _restore(fold_workdir(workdir, fold), step, run_cfg)
         try:

@@ -134,7 +134,8 @@ def test_workdir_problems_are_named_with_the_fix(run, tmp_path):
     shutil.copy(workdir / "config.json", bare / "config.json")
     with pytest.raises(UserError, match="has no checkpoints yet"):
         embed.load_trained(bare)
-    with pytest.raises(UserError, match=r"--step=7: use best, latest or a saved step of .* \(2, 4\)"):
+    with pytest.raises(UserError, match=r"--step=7: no checkpoint of step 7 in .*; use best, latest or one of the "
+                                        r"saved steps: 2, 4\."):
         embed.load_trained(workdir, "7")
     other = tmp_path / "other_arch"
     shutil.copytree(workdir, other)

@@ -1,6 +1,6 @@
 """``python -m jaxdml.evaluate``: a run's own numbers again from its checkpoint, another step, split or dataset, the
-fold protocol's concatenation, :func:`load_run`, the retrieval pictures of a real run against a NumPy kNN, and the
-refusals (one line, naming the fix)."""
+fold protocol's concatenation, the model :func:`jaxdml.embed.load_trained` restores for inference, the retrieval
+pictures of a real run against a NumPy kNN, and the refusals (one line, naming the fix)."""
 
 import io
 import json
@@ -17,9 +17,10 @@ from train_helpers import tiny_config, worker_env
 
 from jaxdml.data import transforms
 from jaxdml.data.datasets import load_data
+from jaxdml.embed import load_trained
 from jaxdml.errors import UserError
 from jaxdml.eval import pictures as pic
-from jaxdml.evaluate import evaluate_run, load_run
+from jaxdml.evaluate import evaluate_run
 from jaxdml.trainers import train_and_evaluate
 from jaxdml.trainers.folds import fold_workdir
 
@@ -67,15 +68,15 @@ def test_another_step_split_and_dataset(run):
     assert (workdir / "evaluations" / "collage.json").is_file()
 
 
-def test_load_run_restores_the_model_for_inference(run):
+def test_load_trained_restores_the_model_for_inference(run):
     workdir, _ = run
-    loaded = load_run(workdir, 12)
-    config, model, variables, step = loaded
-    assert step == 12 and config.model.embedding_dim == 16 and config.trainer == "metric_learning"
+    trained = load_trained(workdir, 12)
+    config, variables = trained.config, trained.variables
+    assert trained.step == 12 and config.model.embedding_dim == 16 and config.trainer == "metric_learning"
     assert "loss" not in variables["params"]
     images = np.zeros((3, 16, 16, 3), np.uint8)
-    assert model.apply(variables, images, train=False)["embedding"].shape == (3, 16)
-    assert load_run(workdir, "latest").step == 12
+    assert trained.model.apply(variables, images, train=False)["embedding"].shape == (3, 16)
+    assert load_trained(workdir, "latest").step == 12
 
 
 def numpy_knn(x, rows, k):
@@ -108,7 +109,8 @@ def test_training_pictures_show_the_numpy_knn_and_reach_tensorboard(run):
     workdir, _ = run
     assert sorted(p.name for p in (workdir / "pictures").iterdir()) == [
         "retrieval_step0.png", "retrieval_step12.png", "retrieval_step6.png"]
-    config, model, variables, _ = load_run(workdir, 12)
+    trained = load_trained(workdir, 12)
+    config, model, variables = trained.config, trained.model, trained.variables
     test = load_data(config.data).query
     images = np.stack([transforms.eval_transform(test.image(i), resize_size=16, size=16) for i in range(len(test))])
     x = np.asarray(jax.jit(lambda v, b: model.apply(v, b, train=False)["embedding"])(variables, images))

@@ -122,7 +122,7 @@ def test_refusals_name_the_fix(run, tmp_path):
         export.run(str(tmp_path / "nothing"), str(tmp_path / "new"))
     with pytest.raises(UserError, match=r"exists and is not empty; give a new folder \(e.g. --out="):
         export.run(str(tmp_path / "nothing"), str(out))  # checked before the workdir
-    with pytest.raises(UserError, match=r"--step=7: use best, latest or a saved step .*\(2, 4\)"):
+    with pytest.raises(UserError, match=r"--step=7: no checkpoint of step 7 .*saved steps: 2, 4\."):
         export.run(str(workdir), str(tmp_path / "new"), "7")
     with pytest.raises(UserError, match="--batch=0: use dynamic"):
         export.run(str(workdir), str(tmp_path / "new"), batch="0")
