@@ -10,8 +10,8 @@ embedding needs another split (OTP: 8 support points of 8 dims; NetVLAD: the rel
     python -m jaxdml.main --config experiments/pooling_digits_collage.py:gem --workdir runs/pooling_collage_gem
 
 Expected numbers (test classes, seeds 0/1/2): not measured to the end yet; ``python benchmarks/embedded_results.py
---only collage poolings`` prints the table (with the GAP and GSP rows of gap_/gsp_digits_collage.py). A run takes
-about as long as the GAP twin (3-4.5 minutes on an idle 2-core CPU).
+--only collage poolings`` prints the table (with the GAP and GSP rows of gap_/gsp_digits_collage.py). A run took
+6.5-9 minutes on 2 CPU cores while other work shared them (GeM, GSoP, NetVLAD at b606b52).
 """
 
 from jaxdml.config import load_sibling
