@@ -231,3 +231,20 @@ def run_user_errors(fn: Callable[[], Any]) -> Any:
         where = f" ({error.filename})" if error.filename else ""
         print(f"error: {_USER_OS_ERRORS[error.errno]}{where}.", file=sys.stderr)
         sys.exit(1)
+
+
+def start_tool(argv: list[str], *, many_hosts: bool = True) -> None:
+    """The common start of the commands that use a trained run (embed, search, export): no stray arguments,
+    quiet absl/orbax logging (orbax notes every read-only checkpoint open) and, with ``many_hosts``,
+    ``jax.distributed`` from the environment."""
+    import logging
+
+    from absl import app
+    from absl import logging as absl_logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    if many_hosts:
+        run_user_errors(initialize_distributed)

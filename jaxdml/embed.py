@@ -28,12 +28,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
-from absl import logging as absl_logging
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdml import distributed
-from jaxdml.cli import initialize_distributed, run_user_errors
+from jaxdml.cli import run_user_errors, start_tool
 from jaxdml.config import default_config
 from jaxdml.data import pipeline
 from jaxdml.data.folder import FileSource, list_images
@@ -323,11 +322,7 @@ def run(workdir: str, images: str, out: str, step: str = "best", *, skip_corrupt
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on opening checkpoints read-only
-    run_user_errors(initialize_distributed)
+    start_tool(argv)
     f = flags.FLAGS
     run_user_errors(lambda: run(f.workdir, f.images, f.out, f.step, skip_corrupt=f.skip_corrupt,
                                 batch_size=f.batch_size, num_workers=f.num_workers, progress=f.progress_bar))

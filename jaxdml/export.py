@@ -308,17 +308,11 @@ def run(workdir: str, out: str, step: str = "best", *, batch: str | int | None =
 
 
 def main(argv: list[str]) -> None:
-    import logging
+    from absl import flags
 
-    from absl import app, flags
-    from absl import logging as absl_logging
+    from jaxdml.cli import run_user_errors, start_tool
 
-    from jaxdml.cli import run_user_errors
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on opening checkpoints read-only
+    start_tool(argv, many_hosts=False)
     f = flags.FLAGS
     run_user_errors(lambda: run(f.workdir, f.out, f.step, batch=f.batch, platforms=f.platforms,
                                 saved_model=f.saved_model))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -24,10 +23,9 @@ from typing import Any
 
 import numpy as np
 from absl import app, flags
-from absl import logging as absl_logging
 
 from jaxdml import distributed
-from jaxdml.cli import initialize_distributed, run_user_errors
+from jaxdml.cli import run_user_errors, start_tool
 from jaxdml.errors import UserError
 
 
@@ -190,11 +188,7 @@ def run(index_path: str, query_path: str, k: int, *, workdir: str | None = None,
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on opening checkpoints read-only
-    run_user_errors(initialize_distributed)
+    start_tool(argv)
     f = flags.FLAGS
     run_user_errors(lambda: run(f.index, f.query, f.k, workdir=f.workdir, step=f.step, as_json=f.json,
                                 skip_corrupt=f.skip_corrupt))

@@ -33,6 +33,11 @@ from jaxdml.models.heads import EMBEDDING_NORMS
 glorot = nn.initializers.glorot_uniform()
 
 
+def _projection(dim: int, dtype: Any) -> nn.Dense:
+    """The heads' bias-free Glorot-uniform projection (Keras ``Dense(use_bias=False)``), named ``projection``."""
+    return nn.Dense(dim, use_bias=False, kernel_init=glorot, dtype=dtype, name="projection")
+
+
 def _outputs(raw: jnp.ndarray, embedding_norm: str) -> dict[str, jnp.ndarray]:
     raw = raw.astype(jnp.float32)
     return {"embedding": EMBEDDING_NORMS[embedding_norm](raw), "raw_embedding": raw}
@@ -75,8 +80,7 @@ class CBAMHead(nn.Module):
         spatial = nn.Conv(1, (self.conv_size, self.conv_size), padding="SAME", use_bias=False, kernel_init=glorot,
                           name="spatial_conv")(pooled_channels)
         pooled = global_average_pool(x * jax.nn.sigmoid(spatial))
-        return _outputs(nn.Dense(self.embedding_dim, use_bias=False, kernel_init=glorot, dtype=self.dtype,
-                                 name="projection")(pooled.astype(self.dtype)), self.embedding_norm)
+        return _outputs(_projection(self.embedding_dim, self.dtype)(pooled.astype(self.dtype)), self.embedding_norm)
 
 
 class CroWHead(nn.Module):
@@ -90,8 +94,7 @@ class CroWHead(nn.Module):
     def __call__(self, features: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         del train
         pooled = crow_pool(features.astype(jnp.float32))
-        return _outputs(nn.Dense(self.embedding_dim, use_bias=False, kernel_init=glorot, dtype=self.dtype,
-                                 name="projection")(pooled.astype(self.dtype)), self.embedding_norm)
+        return _outputs(_projection(self.embedding_dim, self.dtype)(pooled.astype(self.dtype)), self.embedding_norm)
 
 
 class DELFHead(nn.Module):
@@ -112,8 +115,7 @@ class DELFHead(nn.Module):
                                  kernel_init=glorot, name="attention_conv_1")(x))
         score = nn.softplus(nn.Dense(1, kernel_init=glorot, name="attention_conv_2")(hidden))
         pooled = global_average_pool(score * x)
-        return _outputs(nn.Dense(self.embedding_dim, use_bias=False, kernel_init=glorot, dtype=self.dtype,
-                                 name="projection")(pooled.astype(self.dtype)), self.embedding_norm)
+        return _outputs(_projection(self.embedding_dim, self.dtype)(pooled.astype(self.dtype)), self.embedding_norm)
 
 
 class GeMHead(nn.Module):
@@ -130,8 +132,7 @@ class GeMHead(nn.Module):
         del train
         p = self.param("power", nn.initializers.constant(self.power), ()) if self.learn_power else self.power
         pooled = gem_pool(features.astype(jnp.float32), p)
-        return _outputs(nn.Dense(self.embedding_dim, use_bias=False, kernel_init=glorot, dtype=self.dtype,
-                                 name="projection")(pooled.astype(self.dtype)), self.embedding_norm)
+        return _outputs(_projection(self.embedding_dim, self.dtype)(pooled.astype(self.dtype)), self.embedding_norm)
 
 
 class _GSoPBranch(nn.Module):
@@ -171,8 +172,7 @@ class GSoPHead(nn.Module):
     @nn.compact
     def __call__(self, features: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         d = self.embedding_dim
-        f = nn.Dense(d, use_bias=False, kernel_init=glorot, dtype=self.dtype,
-                     name="projection")(features).astype(jnp.float32)
+        f = _projection(d, self.dtype)(features).astype(jnp.float32)
         b, h, w, _ = f.shape
         n = h * w
         channel = _GSoPBranch(self.attention_dim, d, True, float(n * n), name="channel_attention")(f, train)
@@ -204,8 +204,7 @@ class SOAPHead(nn.Module):
         z = nn.Conv(c, (1, 1), name="transform")(jnp.einsum("bnm,bma->bna", attention, v).reshape(b, h, w, a))
         p = self.param("power", nn.initializers.constant(self.power), ())
         pooled = gem_pool(x + z, p)
-        return _outputs(nn.Dense(self.embedding_dim, use_bias=False, kernel_init=glorot, dtype=self.dtype,
-                                 name="projection")(pooled.astype(self.dtype)), self.embedding_norm)
+        return _outputs(_projection(self.embedding_dim, self.dtype)(pooled.astype(self.dtype)), self.embedding_norm)
 
 
 class NetVLADHead(nn.Module):
@@ -221,8 +220,7 @@ class NetVLADHead(nn.Module):
     def __call__(self, features: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         del train
         size = self.embedding_dim // self.num_centers
-        f = nn.Dense(size, use_bias=False, kernel_init=glorot, dtype=self.dtype,
-                     name="projection")(features).astype(jnp.float32)
+        f = _projection(size, self.dtype)(features).astype(jnp.float32)
         logits = nn.Dense(self.num_centers, kernel_init=glorot, name="assignment")(f)
         centers = self.param("centers", glorot, (self.num_centers, size), jnp.float32)
         return _outputs(netvlad_pool(f, logits, centers), self.embedding_norm)
@@ -241,8 +239,7 @@ class WELDONHead(nn.Module):
     @nn.compact
     def __call__(self, features: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         del train
-        f = nn.Dense(self.embedding_dim, use_bias=False, kernel_init=glorot, dtype=self.dtype,
-                     name="projection")(features).astype(jnp.float32)
+        f = _projection(self.embedding_dim, self.dtype)(features).astype(jnp.float32)
         return _outputs(weldon_pool(f, self.k_max, self.k_min), self.embedding_norm)
 
 
@@ -267,7 +264,7 @@ class OTPHead(nn.Module):
     @nn.compact
     def __call__(self, features: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         k, d = self.support_size, self.embedding_dim // self.support_size
-        x = nn.Dense(d, use_bias=False, kernel_init=glorot, dtype=self.dtype, name="projection")(features)
+        x = _projection(d, self.dtype)(features)
         x = x.reshape(x.shape[0], -1, d).astype(jnp.float32)
         support = self.param("support", glorot, (k, d), jnp.float32)
         uses_memory = self.memory_size > k
