@@ -77,6 +77,7 @@ def test_the_entry_point_reports_bad_flags_in_one_line(tmp_path):
     (["--num_processes", "2", "--config", "x"], "put the arguments of jaxdml.main after --"),
     (["--num_processes", "0", "--", "--config", "x"], "at least 1"),
     (["--num_processes", "2", "--", "--process_id=1"], "--process_id is set by the launcher"),
+    (["--num_processes", "2", "--module", "jaxdml.search", "--", "--workdir", "x"], "invalid choice: 'jaxdml.search'"),
 ])
 def test_the_launcher_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -87,3 +88,6 @@ def test_the_launcher_refuses_bad_arguments(argv, message, capsys):
 def test_the_launcher_passes_the_rest_on():
     args, rest = parse_args(["--num_processes", "3", "--devices_per_process", "2", "--", "--config", "c.py"])
     assert (args.num_processes, args.devices_per_process, rest) == (3, 2, ["--config", "c.py"])
+    assert args.module == "jaxdml.main"
+    assert parse_args(["--num_processes", "2", "--module", "jaxdml.embed", "--", "--out=e.npz"])[0].module == (
+        "jaxdml.embed")
