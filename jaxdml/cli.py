@@ -234,7 +234,7 @@ def run_user_errors(fn: Callable[[], Any]) -> Any:
 
 
 def start_tool(argv: list[str], *, many_hosts: bool = True) -> None:
-    """The common start of the commands that use a trained run (embed, search, export): no stray arguments,
+    """The common start of the commands that use a trained run (embed, search, export, probe): no stray arguments,
     quiet absl/orbax logging (orbax notes every read-only checkpoint open) and, with ``many_hosts``,
     ``jax.distributed`` from the environment."""
     import logging

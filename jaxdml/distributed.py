@@ -120,6 +120,17 @@ def agree(value: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(value)))))
 
 
+def gather(values: jax.Array):
+    """The whole of ``values`` (sharded over the devices of every process) as one NumPy array on every process."""
+    import numpy as np
+
+    if multi_process():
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(values, tiled=True))
+    return np.asarray(jax.device_get(values))
+
+
 def preemption_point(step: int) -> bool:
     """True, on every process at the same ``step``, once any process of a multi-process job has received
     SIGTERM (JAX's preemption notice); always False for one process, whose signals the loop handles itself."""

@@ -212,14 +212,6 @@ def _check_fits(variables: Any, expected: Any, workdir: Path, step: int) -> None
                         f"was trained (restore its {CONFIG_FILE}, or embed with the jaxdml version that trained it).")
 
 
-def _gather(values: jax.Array) -> np.ndarray:
-    if distributed.multi_process():
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(values, tiled=True))
-    return np.asarray(jax.device_get(values))
-
-
 def embed_source(trained: TrainedModel, source: Any, *, skip_corrupt: bool = False, batch_size: int | None = None,
                  num_workers: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (N, D) float32 of every record of ``source``, valid (N,) bool: False where a corrupt image was
@@ -248,7 +240,7 @@ def embed_source(trained: TrainedModel, source: Any, *, skip_corrupt: bool = Fal
         outputs = predict_source(predict, trained.variables, source, cfg, trained.mesh)
     finally:
         bar.close()
-    values = _gather(outputs.values)[:len(source)].astype(np.float32)
+    values = distributed.gather(outputs.values)[:len(source)].astype(np.float32)
     return values, np.asarray(outputs.valid[:len(source)], bool)
 
 

@@ -34,15 +34,6 @@ from jaxdml.cli import WORKDIR, initialize_distributed, run_user_errors
 from jaxdml.config import check_overrides, validate
 from jaxdml.errors import ConfigError, UserError
 
-STEP = flags.DEFINE_string("step", "", "Checkpoint to evaluate: a step number, best (the best evaluation's) or "
-                           "latest. Default: latest; with data.folds each fold's best, as the protocol reports.")
-SPLIT = flags.DEFINE_enum("split", "test", ["test", "val", "train"], "test: the test set as the trainer evaluates "
-                          "it (query vs reference); val: the held-out training classes; train: the training classes.")
-PICTURE = flags.DEFINE_bool("picture", False, "Also save the retrieval picture (eval.pictures queries with their "
-                            "eval.picture_k neighbours) as evaluations/<name>.png.")
-NAME = flags.DEFINE_string("name", None, "File name (without .json) in <workdir>/evaluations; default "
-                           "<data.name>_<split>_<step>.")
-
 EVALUATIONS = "evaluations"
 # data and eval keys that are part of what the run is, not of how it is evaluated.
 FIXED_KEYS = {"data.folds": "the fold protocol is the run's; evaluate one model with --workdir <workdir>/fold_<k>",
@@ -50,7 +41,7 @@ FIXED_KEYS = {"data.folds": "the fold protocol is the run's; evaluate one model 
               "eval.evaluator": "the evaluator follows the run's trainer (retrieval or accuracy)"}
 
 
-def _run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+def run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The config of the run in ``workdir`` (:func:`jaxdml.embed.load_run_config`), resolved and validated."""
     from jaxdml.embed import load_run_config
     from jaxdml.trainers import resolve_config
@@ -58,7 +49,7 @@ def _run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     return resolve_config(load_run_config(workdir))[0]
 
 
-def _restore(workdir: str | Path, step: str, cfg: ml_collections.ConfigDict) -> tuple[Any, Any, int]:
+def restore_run(workdir: str | Path, step: str, cfg: ml_collections.ConfigDict) -> tuple[Any, Any, int]:
     """(trainer built for inference, with the run's data and evaluator; restored state; step) of the run in
     ``workdir`` at ``step`` (default latest); close the trainer."""
     from jaxdml.embed import resolve_step
@@ -154,9 +145,9 @@ def evaluate_run(workdir: str | Path, *, step: str = "", split: str = "test",
         raise UserError(f"--name={name}: give a plain file name (no directories).")
     if not (workdir / "config.json").exists() and fold_workdir(workdir, 0).is_dir():
         return _evaluate_folds(workdir, step or "best", split, list(overrides), picture, name)
-    run_cfg = _run_config(workdir)
+    run_cfg = run_config(workdir)
     cfg = with_overrides(run_cfg, list(overrides))
-    trainer, state, number = _restore(workdir, step, run_cfg)
+    trainer, state, number = restore_run(workdir, step, run_cfg)
     try:
         query, reference = _sources(_data(trainer, cfg), split, workdir)
         evaluator = _evaluator(trainer, cfg, picture)
@@ -166,7 +157,7 @@ def evaluate_run(workdir: str | Path, *, step: str = "", split: str = "test",
         trainer.close()
     name = name or f"{cfg.data.name}_{split}_step{number}"
     result = {"step": number, "metrics": metrics}
-    return _save(workdir, name, result, cfg, split, overrides, drawn,
+    return save_evaluation(workdir, name, result, cfg, split, overrides, drawn,
                  f"step {number} ({cfg.data.name} {split})")
 
 
@@ -180,13 +171,13 @@ def _evaluate_folds(workdir: Path, step: str, split: str, overrides: list[tuple[
         raise UserError(f"--split={split}: each fold's model was selected on its own held-out fold, so the models "
                         f"are evaluated together only on the test set; evaluate one model with --workdir "
                         f"{fold_workdir(workdir, 0)} (fold_<k>) --split={split}.")
-    first = _run_config(fold_workdir(workdir, 0))
+    first = run_config(fold_workdir(workdir, 0))
     folds, queries, references = [], [], []
     evaluator = None
     for fold in range(first.data.folds):
-        run_cfg = _run_config(fold_workdir(workdir, fold))
+        run_cfg = run_config(fold_workdir(workdir, fold))
         cfg = with_overrides(run_cfg, overrides)
-        trainer, state, number = _restore(fold_workdir(workdir, fold), step, run_cfg)
+        trainer, state, number = restore_run(fold_workdir(workdir, fold), step, run_cfg)
         try:
             data = _data(trainer, cfg)
             evaluator = _evaluator(trainer, cfg, picture)
@@ -213,7 +204,7 @@ def _evaluate_folds(workdir: Path, step: str, split: str, overrides: list[tuple[
     name = name or f"{cfg.data.name}_{split}_{step if not step.isdigit() else 'step' + step}"
     result = {"folds": folds, "mean": mean, "std": std, "metrics": concatenated, "embedding_dim": dim,
               "concatenated_dim": dim * len(folds)}
-    return _save(workdir, name, result, cfg, split, overrides, drawn,
+    return save_evaluation(workdir, name, result, cfg, split, overrides, drawn,
                  f"concatenated ({dim * len(folds)}-d, {cfg.data.name} {split})")
 
 
@@ -230,8 +221,10 @@ def _echo(message: str) -> None:
         print(message, flush=True)
 
 
-def _save(workdir: Path, name: str, result: dict[str, Any], cfg: ml_collections.ConfigDict, split: str,
-          overrides: Sequence[tuple[str, str]], drawn: Any, title: str) -> dict[str, Any]:
+def save_evaluation(workdir: Path, name: str, result: dict[str, Any], cfg: ml_collections.ConfigDict, split: str,
+                    overrides: Sequence[tuple[str, str]], drawn: Any, title: str) -> dict[str, Any]:
+    """Prints ``title: <metrics>`` and (process 0) writes ``result`` with the run's identity to
+    ``<workdir>/evaluations/<name>.json`` (atomically; ``drawn``: a picture saved next to it); returns it."""
     from jaxdml import distributed
     from jaxdml.eval.pictures import save_png
 
@@ -282,10 +275,24 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     run_user_errors(initialize_distributed)
-    run_user_errors(lambda: evaluate_run(WORKDIR.value, step=STEP.value, split=SPLIT.value, overrides=_OVERRIDES,
-                                         picture=PICTURE.value, name=NAME.value))
+    f = flags.FLAGS
+    run_user_errors(lambda: evaluate_run(WORKDIR.value, step=f.step, split=f.split, overrides=_OVERRIDES,
+                                         picture=f.picture, name=f.name))
 
+
+def define_flags() -> None:
+    """The command's flags (defined only when it runs, so that importing this module, as the probe does, defines
+    none)."""
+    flags.DEFINE_string("step", "", "Checkpoint to evaluate: a step number, best (the best evaluation's) or latest. "
+                        "Default: latest; with data.folds each fold's best, as the protocol reports.")
+    flags.DEFINE_enum("split", "test", ["test", "val", "train"], "test: the test set as the trainer evaluates it "
+                      "(query vs reference); val: the held-out training classes; train: the training classes.")
+    flags.DEFINE_bool("picture", False, "Also save the retrieval picture (eval.pictures queries with their "
+                      "eval.picture_k neighbours) as evaluations/<name>.png.")
+    flags.DEFINE_string("name", None, "File name (without .json) in <workdir>/evaluations; default "
+                        "<data.name>_<split>_<step>.")
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["workdir"])
     app.run(main, flags_parser=parse_flags)

@@ -29,7 +29,7 @@ import threading
 import time
 from typing import IO
 
-MODULES = ("jaxdml.main", "jaxdml.evaluate", "jaxdml.embed")
+MODULES = ("jaxdml.main", "jaxdml.evaluate", "jaxdml.embed", "jaxdml.probe")
 
 
 def free_port() -> int:

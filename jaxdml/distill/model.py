@@ -97,8 +97,8 @@ def student_inserts(cfg: ml_collections.ConfigDict, num_classes: int) -> tuple[I
 def build_classifier(cfg: ml_collections.ConfigDict, num_classes: int, *, arch: str | None = None,
                      inserts: tuple[Insert, ...] = (), hint: tuple[int, str] | None = None) -> Model:
     """The classifier ``arch`` (default ``model.backbone``) as a :class:`~jaxdml.models.model.Model` returning
-    ``{"logits", "features", "scores"}`` (+ ``hint`` when ``hint`` = (teacher channels, same|down|up) asks for
-    FitNet's regressor, the ``head`` parameter group)."""
+    ``{"logits", "features", "scores", "inserted"}`` (+ ``hint`` when ``hint`` = (teacher channels,
+    same|down|up) asks for FitNet's regressor, the ``head`` parameter group)."""
     if cfg.data.name not in DATASET_STATS:
         raise ValueError(f"no normalisation statistics for data.name={cfg.data.name!r}; known: {sorted(DATASET_STATS)}")
     mean, std = DATASET_STATS[cfg.data.name]

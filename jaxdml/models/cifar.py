@@ -9,10 +9,11 @@ expansion 6, width 0.5),
 ``blocks3_1/project_conv`` <-> ``blocks.3.1.conv.6``; see ``jaxdml.models.convert``), so their checkpoints map
 key by key.
 
-Every network returns ``{"logits", "features", "scores"}``: ``features`` maps each block's name (and
-``"final"``, the map that is average-pooled) to its output, for the teacher's artefacts and for FitNet hints;
-``inserts`` put a template-matching block or a LeTKD layer after named blocks (``"final"`` included), whose
-output then continues through the network and whose per-location scores land in ``scores``.
+Every network returns ``{"logits", "features", "scores", "inserted"}``: ``features`` maps each block's name
+(and ``"final"``, the map that is average-pooled) to its output, for the teacher's artefacts and for FitNet
+hints; ``inserts`` put a template-matching block or a LeTKD layer after named blocks (``"final"`` included),
+whose output (``inserted``, by block: the x-hat of the LeTKD layer whose input x is ``features``) then continues
+through the network and whose per-location scores land in ``scores``.
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ class Insert:
 
 
 class InsertRecorder:
-    """Records each named block's output (``features``) and applies the insert configured after it (``scores``)."""
+    """Records each named block's output (``features``) and applies the insert configured after it (its scores in
+    ``scores``, its output in ``inserted``)."""
 
     def __init__(self, owner: nn.Module, inserts: tuple[Insert, ...], train: bool):
         self.owner, self.train = owner, train
         self.by_block = {i.after: i for i in inserts}
         self.features: dict[str, jnp.ndarray] = {}
         self.scores: dict[str, jnp.ndarray] = {}
+        self.inserted: dict[str, jnp.ndarray] = {}
 
     def __call__(self, name: str, x: jnp.ndarray) -> jnp.ndarray:
         self.features[name] = x
@@ -62,6 +65,7 @@ class InsertRecorder:
         else:
             raise ValueError(f"insert kind {insert.kind!r}: use 'letkd' or 'template'")
         x, self.scores[name] = layer(x, train=self.train)
+        self.inserted[name] = x
         return x
 
 
@@ -163,7 +167,7 @@ def pool_and_classify(module: nn.Module, x: jnp.ndarray, after: InsertRecorder,
     """Global average pooling and ``module``'s ``num_classes``-way Dense ``name``: the network's output dict."""
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     logits = nn.Dense(module.num_classes, dtype=jnp.float32, name=name)(pooled)
-    return {"logits": logits, "features": after.features, "scores": after.scores}
+    return {"logits": logits, "features": after.features, "scores": after.scores, "inserted": after.inserted}
 
 
 def conv_bn(x: jnp.ndarray, features: int, kernel: int, stride: int, groups: int, name: str | tuple[str, str],

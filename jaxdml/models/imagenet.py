@@ -8,7 +8,7 @@
   Its Table 2(b) numbers (student 68.87, KD 68.58, AT 69.56, DKD 72.05) are the common ResNet-50 -> MobileNet-V1
   numbers of the KD literature.
 
-They return ``{"logits", "features", "scores"}`` and take ``inserts`` as the CIFAR networks do
+They return ``{"logits", "features", "scores", "inserted"}`` and take ``inserts`` as the CIFAR networks do
 (:mod:`jaxdml.models.cifar`), so LeTKD layers and FitNet hints work unchanged. Flax names follow the PyTorch
 modules, so torchvision (and release) checkpoints convert key by key, classifier kept, with the one converter:
 

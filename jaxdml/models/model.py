@@ -2,8 +2,9 @@
 
 Metric learning: the backbone returns a feature map and the head (``EmbeddingHead`` / ``GSPHead`` /
 ``XBMLHead``) returns ``{"embedding", ...}``. Classification (distillation): a CIFAR network returns
-``{"logits", "features", "scores"}`` and the optional head (FitNet's regressor) adds ``hint``. Parameters come in
-two groups, ``backbone`` and ``head``, which the optimiser treats separately (LR multipliers, frozen BatchNorm).
+``{"logits", "features", "scores", "inserted"}`` and the optional head (FitNet's regressor) adds ``hint``.
+Parameters come in two groups, ``backbone`` and ``head``, which the optimiser treats separately (LR multipliers,
+frozen BatchNorm).
 """
 
 from __future__ import annotations

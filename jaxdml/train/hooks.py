@@ -31,13 +31,13 @@ from jaxdml.train.writers import MetricWriter
 log = logging.getLogger(__name__)
 
 METRIC_NAMES = {"precision_at_1": "P@1", "map_at_r": "MAP@R", "r_precision": "RP", "nmi": "NMI",
-                "accuracy": "top-1", "top5_accuracy": "top-5"}
+                "accuracy": "top-1", "top5_accuracy": "top-5", "lda_x": "LDA(x)", "lda_x_hat": "LDA(x-hat)"}
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
     """``P@1=97.87  MAP@R=90.50 ...`` (percent) for the metrics a run reports."""
-    keys = [k for k in ("accuracy", "top5_accuracy", "precision_at_1", "map_at_r", "r_precision", "nmi")
-            if k in metrics]
+    keys = [k for k in ("accuracy", "top5_accuracy", "precision_at_1", "map_at_r", "r_precision", "nmi", "lda_x",
+                        "lda_x_hat") if k in metrics]
     keys += sorted(k for k in metrics if k.startswith("recall_at_"))
     return "  ".join(f"{METRIC_NAMES.get(k, k.replace('recall_at_', 'R@'))}={100 * metrics[k]:.2f}" for k in keys)
 

@@ -184,12 +184,8 @@ class ProxyRounds(Hook):
                                         round_index)
         source = SubsetSource(f"{self.train_source.name}[ccp pool {round_index}]", self.train_source,
                               indices.reshape(-1))
-        values = predict_source(self.predict, state, source, self.cfg, self.mesh).values
-        if distributed.multi_process():
-            from jax.experimental import multihost_utils
-
-            values = multihost_utils.process_allgather(values, tiled=True)
-        return np.asarray(values)[:indices.size].reshape(self.num_classes, self.pool, -1)
+        values = distributed.gather(predict_source(self.predict, state, source, self.cfg, self.mesh).values)
+        return values[:indices.size].reshape(self.num_classes, self.pool, -1)
 
     def repick(self, state: TrainState, round_index: int, lam: float, *, zero_seeds: bool = False) -> TrainState:
         """The state with each class's proxies re-picked from round ``round_index``'s pool (seeded with the best
