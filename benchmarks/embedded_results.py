@@ -9,7 +9,8 @@ stderr in ``run.log`` there; reruns resume, and finished runs are only re-evalua
 * ``digit_pairs``: experiments/digit_pairs.py (about 3 min per seed on 2 CPU cores);
 * ``collage``: experiments/gap_digits_collage.py and gsp_digits_collage.py (3-4.5 min each);
 * ``distill``: experiments/kd_digits_teacher.py, then kd_digits_student.py:none|kd|letkd|template, kd and
-  letkd distilling from the same seed's teacher (5-6 min per seed);
+  letkd distilling from the same seed's teacher (5-6 min per seed); then ``python -m jaxdml.probe`` on the
+  plain and the LeTKD student's block ``layer3_0`` (the letKD supplement's Table 4 on the digits);
 * ``ccp``: experiments/ccp_digits.py:plain and :ccp, each four folds (MLRC protocol) and their concatenation
   (about 8 min per run; 49 min for seeds 0 1 2 at d0ea5f7);
 * ``xbml``: experiments/gap_digits_collage.py and xbml_digits_collage.py:r1 and :r2 (4-5 min each; 41 min for
@@ -259,7 +260,7 @@ def pooling_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer,
             f"   MAP@R {per_seed([r.summary['final']['map_at_r'] for r in runs])}")
 
 
-def distill_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer) -> None:
+def distill_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer, root: Path | None = None) -> None:
     acc = {name: [r.summary["final"]["accuracy"] for r in res[name]] for name in ("teacher", *STUDENTS)}
     kd, letkd, student = res["kd"][0], res["letkd"][0], arch(res["none"][0].setting("model.backbone"))
     words = f"{letkd.setting('distill.letkd.num_words')} words"
@@ -289,6 +290,34 @@ def distill_tables(res: dict[str, list[Result]], seeds: list[int], out: Printer)
     out(f"\nexperiments/template_cifar100.py docstring: the demo's digits version (python -m jaxdml.distill.demo) "
         f"{'gains' if gain >= 0 else 'loses'} {abs(gain):.1f} points over the plain {student}.")
     out(f"    (mean over seeds {' / '.join(map(str, seeds))}; per seed {' / '.join(f'{g:+.2f}' for g in gains)})")
+    if root is not None:
+        probe_table({name: [probe(root / "distill" / f"seed{seed}" / name) for seed in seeds]
+                     for name in ("none", "letkd")}, seeds, out)
+
+
+PROBE_BLOCK = "layer3_0"  # where kd_digits_student.py:letkd puts its intermediate LeTKD layer
+
+
+def probe(workdir: Path, block: str = PROBE_BLOCK) -> dict[str, float]:
+    """``python -m jaxdml.probe`` on the run's last checkpoint: LDA accuracy on ``block``'s x (and x-hat)."""
+    result = subprocess.run([sys.executable, "-m", "jaxdml.probe", f"--workdir={workdir}", f"--block={block}",
+                             "--step=latest"], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"python -m jaxdml.probe --workdir={workdir} failed:\n{result.stderr[-3000:]}")
+    saved = sorted((workdir / "evaluations").glob(f"probe_{block}_step*.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(saved[-1].read_text())["metrics"]
+
+
+def probe_table(probes: dict[str, list[dict[str, float]]], seeds: list[int], out: Printer) -> None:
+    """The LDA probe of the plain and the LeTKD student (README, after the distillation table)."""
+    out(f"\nREADME, linear probe of {PROBE_BLOCK} (python -m jaxdml.probe; LDA on the locations' mean, fitted on "
+        f"the training images, test top-1 %, seeds {' / '.join(map(str, seeds))}):\n")
+    out("| student | x: the block's output | x-hat: after the LeTKD layer |\n|---|---|---|")
+    labels = {"none": "cross-entropy only", "letkd": "LeTKD (alpha 1)"}
+    for name, rows in probes.items():
+        cells = [f"{stats([r[k] for r in rows])} ({per_seed([r[k] for r in rows])})" if k in rows[0] else "—"
+                 for k in ("lda_x", "lda_x_hat")]
+        out(f"| {labels[name]} | {cells[0]} | {cells[1]} |")
 
 
 def fold_rounds(workdir: Path) -> list[int]:
@@ -351,7 +380,8 @@ def main() -> int:
         for seed in args.seeds:
             total = sum(result.wall_s for run, result in done.items() if (run.group, run.seed) == (group, seed))
             out(f"    {group} seed {seed}: {duration(total)}")
-    tables = {"digit_pairs": digit_pairs_tables, "collage": collage_tables, "distill": distill_tables,
+    tables = {"digit_pairs": digit_pairs_tables, "collage": collage_tables,
+              "distill": lambda res, seeds, printer: distill_tables(res, seeds, printer, root),
               "ccp": lambda res, seeds, printer: ccp_tables(res, seeds, printer, root), "xbml": xbml_tables,
               "poolings": lambda res, seeds, printer: pooling_tables(res, seeds, printer, collage)}
     collage = ({name: [done[r] for r in runs if (r.group, r.name) == ("collage", name)] for name in ("gap", "gsp")}

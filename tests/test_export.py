@@ -142,6 +142,41 @@ def test_saved_model_without_tensorflow_is_refused_in_one_line_before_any_work(t
     assert "pip install tensorflow" in lines[0] and not (tmp_path / "out").exists()
 
 
+SERVE = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+serve = model.signatures["serving_default"]
+images = np.load(sys.argv[2])
+out = {f"batch{n}": serve(images=tf.constant(images[:n]))["embeddings"].numpy() for n in (2, 5)}
+out["inputs"] = np.asarray(sorted(serve.structured_input_signature[1]))
+np.savez(sys.argv[3], **out)
+"""
+
+
+@pytest.mark.skipif(not export.tensorflow_available(), reason="needs TensorFlow (pip install tensorflow-cpu); CI "
+                    "checks the refusal without it")
+def test_saved_model_serves_the_embeddings_of_jaxdml_embed(run, tmp_path):
+    """--saved_model in a fresh TensorFlow process (no jaxdml): the serving signature maps uint8 images of any
+    batch to the embeddings python -m jaxdml.embed gives."""
+    workdir, _, images, expected = run
+    out = tmp_path / "tf"
+    result = subprocess.run([sys.executable, "-m", "jaxdml.export", f"--workdir={workdir}", f"--out={out}",
+                             "--step=latest", "--platforms=cpu", "--saved_model"], capture_output=True, text=True,
+                            cwd=REPO, env=worker_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "saved_model" / "saved_model.pb").is_file()
+    np.save(tmp_path / "images.npy", images)
+    served = subprocess.run([sys.executable, "-c", SERVE, str(out / "saved_model"), str(tmp_path / "images.npy"),
+                             str(tmp_path / "served.npz")], capture_output=True, text=True, env=worker_env())
+    assert served.returncode == 0, served.stderr[-3000:]
+    with np.load(tmp_path / "served.npz") as got:
+        assert list(got["inputs"]) == ["images"]
+        np.testing.assert_allclose(got["batch5"], expected, atol=2e-6, rtol=0)
+        np.testing.assert_allclose(got["batch2"], expected[:2], atol=2e-6, rtol=0)
+
+
 def test_the_gsp_transport_exports_with_a_symbolic_batch():
     """GSP's parameter checks accept a scalar against a symbolic batch (a GSP run exports with a dynamic batch)."""
     import jax
