@@ -7,9 +7,9 @@ starts ``python -m jaxdml.main <arguments after -->`` once per process, each wit
 (``JAX_PLATFORMS=cpu``; the processes compute together through gloo, as the hosts of a pod do through their
 interconnect). Process 0 prints as usual; the other processes' lines are prefixed with ``[process i]``.
 
-``--module jaxdml.evaluate`` or ``--module jaxdml.embed`` starts that command instead (its own flags after
-``--``): a trained run is evaluated or embedded by all the processes together, each device taking its share of
-the batches, and process 0 writes the result, as on a pod.
+``--module jaxdml.evaluate``, ``jaxdml.embed`` or ``jaxdml.probe`` starts that command instead (its own flags
+after ``--``): a trained run is evaluated, embedded or probed by all the processes together, each device taking
+its share of the batches, and process 0 writes the result, as on a pod.
 
 SIGINT or SIGTERM to the launcher is passed to every process once: they stop together at the same step after
 saving a checkpoint, and rerunning the same command resumes. If a process fails, the others are stopped after
@@ -62,7 +62,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--port", type=int, default=0, help="coordinator port on 127.0.0.1 (0: a free one)")
     parser.add_argument("--grace", type=float, default=60.0, help="seconds the others get after one process fails")
     parser.add_argument("--module", default="jaxdml.main", choices=MODULES,
-                        help="the command each process runs: training, or evaluating / embedding a trained run")
+                        help="the command each process runs: training, or evaluating / embedding / probing a "
+                        "trained run")
     if "--" not in argv:
         parser.error("put the arguments of jaxdml.main after --, e.g. -- --config experiments/digit_pairs.py "
                      "--workdir runs/x")

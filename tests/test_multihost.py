@@ -166,6 +166,21 @@ def test_two_processes_distil_like_one_process_with_four_devices(tmp_path):
     two = run(tmp_path / "two", 2, 2, [*DISTILLATION, *common(STEPS)])
     assert_same_training(one, two, ("accuracy", "top5_accuracy"))
     assert (two / "export").is_dir()
+    # The linear probe of the template block's layer3_0: two processes share the embedding and fit the same probe;
+    # one process of four devices probes the same checkpoint to the same accuracies.
+    text = launch("jaxdml.probe", [f"--workdir={two}"], tmp_path / "probe.log")
+    assert text.count("LDA probe of layer3_0 (x, x-hat)") == 1 and "[process 1] LDA" not in text
+    saved = two / "evaluations" / f"probe_layer3_0_step{STEPS}.json"
+    probed_by_two = json.loads(saved.read_text())
+    saved.unlink()
+    result = subprocess.run([sys.executable, "-m", "jaxdml.probe", f"--workdir={two}"], env=worker_env(4),
+                            capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probed_by_one = json.loads(saved.read_text())
+    assert probed_by_two["test_images"] == probed_by_one["test_images"] > 0
+    for name in ("lda_x", "lda_x_hat"):  # the embeddings agree to rounding: at most one test image may flip
+        assert probed_by_two["metrics"][name] == pytest.approx(probed_by_one["metrics"][name],
+                                                               abs=1.01 / probed_by_one["test_images"]), name
 
 
 def _train_steps_logged(workdir: Path) -> int:
