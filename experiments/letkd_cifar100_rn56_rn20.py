@@ -30,7 +30,11 @@ residual weight (0: supervised scores, features unchanged). variant: table row -
   table4_alpha0: Table 4, letKD-2 with alpha_inter = 0 (= inter_a0_penult_a1); LDA probe accuracy on x: 52.71
   table4_alpha1: Table 4, letKD-2 with alpha_inter = 1 (= inter_a1_penult_a1); LDA probe on x 51.71, x-hat 56.36
 Table 4's numbers are a linear (LDA) probe on the global-average-pooled input x / output x-hat of the intermediate
-KD layer of these trained students; that probe is not part of jaxdml (train the variant, then fit the probe).
+KD layer of these trained students: train the variant, then probe it (x and x-hat of layer3_0, LDA fitted on the
+training images, accuracy on the test images; <workdir>/evaluations/probe_layer3_0_step<N>.json):
+
+    python -m jaxdml.main --config experiments/letkd_cifar100_rn56_rn20.py:table4_alpha1 --workdir runs/table4_a1
+    python -m jaxdml.probe --workdir runs/table4_a1
 """
 
 from jaxdml.config import load_sibling
