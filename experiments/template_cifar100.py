@@ -11,7 +11,8 @@ cross-entropy against the image label, weight 1. Placement, templates per class 
 of the abstract and the letKD appendix: the paper's code is not public and its tables are not in our
 reference material. Expected run time and numbers: not measured (no GPU on the development machines); the
 demo's digits version (python -m jaxdml.distill.demo) gains 2.0 points over the plain ResNet-8 (mean over
-seeds 0 / 1 / 2: +3.2 / +0.6 / +2.1; `python benchmarks/embedded_results.py --only distill` at commit d9073a8).
+seeds 0 / 1 / 2: +3.2 / +0.6 / +2.1; `python benchmarks/embedded_results.py --only distill` at commit 23c8326,
+as at d9073a8).
 """
 
 from jaxdml.config import load_sibling
