@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 import jax
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +115,13 @@ def agree(value: bool) -> bool:
     """Whether ``value`` holds on any process (every process gets the same answer)."""
     if not multi_process():
         return bool(value)
-    import numpy as np
     from jax.experimental import multihost_utils
 
     return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(value)))))
 
 
-def gather(values: jax.Array):
+def gather(values: jax.Array) -> np.ndarray:
     """The whole of ``values`` (sharded over the devices of every process) as one NumPy array on every process."""
-    import numpy as np
-
     if multi_process():
         from jax.experimental import multihost_utils
 

@@ -158,7 +158,7 @@ def evaluate_run(workdir: str | Path, *, step: str = "", split: str = "test",
     name = name or f"{cfg.data.name}_{split}_step{number}"
     result = {"step": number, "metrics": metrics}
     return save_evaluation(workdir, name, result, cfg, split, overrides, drawn,
-                 f"step {number} ({cfg.data.name} {split})")
+                           f"step {number} ({cfg.data.name} {split})")
 
 
 def _evaluate_folds(workdir: Path, step: str, split: str, overrides: list[tuple[str, str]], picture: bool,
@@ -205,7 +205,7 @@ def _evaluate_folds(workdir: Path, step: str, split: str, overrides: list[tuple[
     result = {"folds": folds, "mean": mean, "std": std, "metrics": concatenated, "embedding_dim": dim,
               "concatenated_dim": dim * len(folds)}
     return save_evaluation(workdir, name, result, cfg, split, overrides, drawn,
-                 f"concatenated ({dim * len(folds)}-d, {cfg.data.name} {split})")
+                           f"concatenated ({dim * len(folds)}-d, {cfg.data.name} {split})")
 
 
 def _format(metrics: dict[str, float]) -> str:
@@ -291,6 +291,7 @@ def define_flags() -> None:
                       "eval.picture_k neighbours) as evaluations/<name>.png.")
     flags.DEFINE_string("name", None, "File name (without .json) in <workdir>/evaluations; default "
                         "<data.name>_<split>_<step>.")
+
 
 if __name__ == "__main__":
     define_flags()

@@ -130,16 +130,24 @@ def assert_same_training(one: Path, two: Path, metrics: tuple[str, ...]) -> None
         assert sa["final"][name] == pytest.approx(sb["final"][name], abs=1e-3), name
 
 
+def launch(module: str, args: list[str], log: Path, processes: int = 2, devices: int = 2) -> str:
+    """``python -m jaxdml.launch --module <module>``: the command's output (process 0's, then the prefixed lines
+    of the others)."""
+    command = [sys.executable, "-m", "jaxdml.launch", "--num_processes", str(processes), "--devices_per_process",
+               str(devices), "--module", module, "--", *args]
+    with log.open("w") as out:  # the launcher's SIGKILL on timeout ends its processes
+        result = subprocess.run(command, env=worker_env(), stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT,
+                                cwd=REPO)
+    text = log.read_text()
+    assert result.returncode == 0, text[-5000:]
+    return text
+
+
 @pytest.fixture(scope="module")
 def two_process_metric_learning(tmp_path_factory) -> Path:
     """Two processes of two devices, started the way README.md shows: ``python -m jaxdml.launch``."""
     workdir = tmp_path_factory.mktemp("ml") / "two"
-    command = [sys.executable, "-m", "jaxdml.launch", "--num_processes", "2", "--devices_per_process", "2", "--",
-               *METRIC_LEARNING, *common(STEPS), "--workdir", str(workdir)]
-    env = worker_env()
-    with (workdir.parent / "launch.log").open("w") as log:  # the launcher's SIGKILL on timeout ends its processes
-        result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=TIMEOUT, cwd=REPO)
-    assert result.returncode == 0, (workdir.parent / "launch.log").read_text()[-5000:]
+    launch("jaxdml.main", [*METRIC_LEARNING, *common(STEPS), "--workdir", str(workdir)], workdir.parent / "launch.log")
     return workdir
 
 
@@ -243,19 +251,6 @@ def test_a_damaged_checkpoint_is_set_aside_once_and_both_processes_retrain_to_th
     retrained, _ = final_checkpoint(workdir)
     for key in expected:
         np.testing.assert_array_equal(retrained[key], expected[key], err_msg=key)
-
-
-def launch(module: str, args: list[str], log: Path, processes: int = 2, devices: int = 2) -> str:
-    """``python -m jaxdml.launch --module <module>``: the command's output (process 0's, then the prefixed lines
-    of the others)."""
-    command = [sys.executable, "-m", "jaxdml.launch", "--num_processes", str(processes), "--devices_per_process",
-               str(devices), "--module", module, "--", *args]
-    with log.open("w") as out:
-        result = subprocess.run(command, env=worker_env(), stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT,
-                                cwd=REPO)
-    text = log.read_text()
-    assert result.returncode == 0, text[-5000:]
-    return text
 
 
 def test_two_processes_evaluate_and_embed_a_trained_run_like_one_process(two_process_metric_learning, tmp_path):
